@@ -1,0 +1,201 @@
+"""The TrMRL encoder, T-Fixup, PPO pieces, and agreement between acting and learning."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from toy_suite import ToySuite
+from trmrl import config as cfg
+from trmrl.agents.reference import MemorylessAgent, OracleAgent, ReferenceConfig
+from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig, WorkingMemoryEncoder
+from trmrl.ppo import PPOConfig, gae, gaussian_log_prob, ppo_update
+from trmrl.sampling import TrialSampler
+
+TINY = dict(layers=2, heads=2, d_model=16, d_ff=32, wm_size=4, trials_per_update=4,
+            minibatch_size=16, epochs=2)
+
+
+def tiny_trmrl(suite, seed=0, **overrides):
+    config = cfg.build(TrMRLConfig, {**TINY, **overrides})
+    return TrMRLAgent(config, suite, torch.device("cpu"), seed)
+
+
+# -- encoder --------------------------------------------------------------------------------
+def test_encoder_is_causal_and_shaped():
+    torch.manual_seed(0)
+    config = TrMRLConfig(layers=3, heads=4, d_model=32, d_ff=64, wm_size=6)
+    encoder = WorkingMemoryEncoder(in_dim=7, config=config)
+    windows = torch.randn(5, 6, 7)
+    filled = torch.ones(5, 6, dtype=torch.bool)
+    out = encoder.encode_all(windows, filled)
+    assert out.shape == (5, 6, 32) and encoder(windows, filled).shape == (5, 32)
+    changed = windows.clone()
+    changed[:, 3] += 1.0  # perturb slot 3: slots 0-2 must not see it
+    out2 = encoder.encode_all(changed, filled)
+    torch.testing.assert_close(out[:, :3], out2[:, :3])
+    assert not torch.allclose(out[:, 3:], out2[:, 3:])
+
+
+def test_empty_slots_are_ignored_and_never_nan():
+    encoder = WorkingMemoryEncoder(7, TrMRLConfig(layers=2, heads=2, d_model=16, d_ff=32, wm_size=5))
+    windows = torch.randn(3, 5, 7)
+    filled = torch.tensor([[False] * 4 + [True]] * 3)
+    garbage = windows.clone()
+    garbage[:, :4] = 1e3  # content of empty slots must not matter
+    a, b = encoder(windows, filled), encoder(garbage, filled)
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, b)
+
+
+def test_tfixup_scales():
+    N, d = 4, 128
+    config = TrMRLConfig(layers=N, heads=16, d_model=d, d_ff=512, wm_size=5)
+    torch.manual_seed(0)
+    encoder = WorkingMemoryEncoder(in_dim=300, config=config)
+    scale = 0.67 * N ** -0.25
+
+    def xavier_std(weight):
+        fan_out, fan_in = weight.shape
+        return math.sqrt(2.0 / (fan_in + fan_out))
+
+    embed_std = encoder.embed.weight.std().item()
+    assert embed_std == pytest.approx(d ** -0.5 * (9 * N) ** -0.25, rel=0.05)
+    layer = encoder.layers[0]
+    for linear in (layer.out_proj, layer.ff1, layer.ff2):
+        assert linear.weight.std().item() == pytest.approx(xavier_std(linear.weight) * scale, rel=0.05)
+    in_proj = layer.in_proj.weight
+    assert in_proj.std().item() == pytest.approx(xavier_std(in_proj) * scale * math.sqrt(2), rel=0.05)
+    assert all((lin.bias == 0).all() for lin in (layer.in_proj, layer.out_proj, layer.ff1, layer.ff2))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in encoder.modules())
+    with_norm = WorkingMemoryEncoder(300, TrMRLConfig(layernorm=True))
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in with_norm.modules()) == 2 * 4
+
+
+def test_tfixup_off_uses_default_init():
+    torch.manual_seed(0)
+    on = WorkingMemoryEncoder(30, TrMRLConfig(tfixup=True))
+    torch.manual_seed(0)
+    off = WorkingMemoryEncoder(30, TrMRLConfig(tfixup=False))
+    assert off.layers[0].ff1.weight.std() > 1.5 * on.layers[0].ff1.weight.std()
+
+
+# -- windows while acting vs. for learning -------------------------------------------------------
+@pytest.mark.parametrize("crosses", [False, True])
+def test_window_respects_episode_boundaries(crosses):
+    suite = ToySuite()  # horizon 5, 3 episodes
+    agent = tiny_trmrl(suite, window_crosses_episodes=crosses)
+    with TrialSampler(suite, num_envs=2) as sampler:
+        batch = sampler.run(agent, suite.tasks("test", 0, 2))
+    windows, filled = agent.batch_inputs(batch)
+    W, H = agent.config.wm_size, suite.horizon
+    assert windows.shape == (2, 15, W, agent.in_dim)
+    # step 6 is the second step of episode 1
+    expected = [False, False, True, True] if not crosses else [True, True, True, True]
+    assert filled[0, 6].tolist() == expected
+    assert filled[0, 0].tolist() == [False, False, False, True]  # trial start
+    # the current step is always the last slot
+    torch.testing.assert_close(windows[:, :, -1], torch.from_numpy(batch.augmented_inputs()))
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: tiny_trmrl(s),
+    lambda s: tiny_trmrl(s, window_crosses_episodes=True, shared_encoder=False),
+    lambda s: MemorylessAgent(cfg.build(ReferenceConfig, {}), s, torch.device("cpu"), 0),
+    lambda s: OracleAgent(cfg.build(ReferenceConfig, {}), s, torch.device("cpu"), 0),
+], ids=["trmrl", "trmrl-crossing-separate-value", "memoryless", "oracle"])
+def test_acting_and_learning_see_the_same_inputs(make):
+    """log-probs and values recomputed from the batch equal those recorded while acting."""
+    suite = ToySuite(fall_at=4)  # early terminations exercise the padding too
+    agent = make(suite)
+    with TrialSampler(suite, num_envs=3) as sampler:
+        batch = sampler.run(agent, suite.tasks("test", 0, 3))
+    valid = torch.from_numpy(batch.valid)
+    with torch.no_grad():
+        mean, value = agent.model(agent.batch_inputs(batch)[valid])
+        logp = gaussian_log_prob(mean, agent.model.log_std.expand_as(mean),
+                                 torch.from_numpy(batch.action)[valid])
+    torch.testing.assert_close(logp, torch.from_numpy(batch.extras["logp"])[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value, torch.from_numpy(batch.extras["value"])[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_future_steps_do_not_leak_into_training_windows():
+    suite = ToySuite()
+    agent = tiny_trmrl(suite)
+    with TrialSampler(suite, num_envs=1) as sampler:
+        batch = sampler.run(agent, suite.tasks("test", 0, 1))
+    before = agent.batch_inputs(batch).windows[0, :8].clone()
+    batch.obs[0, 8:] += 100.0
+    batch.reward[0, 8:] += 100.0
+    torch.testing.assert_close(agent.batch_inputs(batch).windows[0, :8], before)
+
+
+# -- PPO --------------------------------------------------------------------------------------
+def test_gae_on_a_known_trial():
+    rewards = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
+    values = torch.tensor([[0.5, 0.2, 1.0, 9.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    gamma, lam = 0.9, 0.8
+    d2 = 2.0 - 1.0  # last valid step: next value 0
+    d1 = 0.0 + gamma * 1.0 - 0.2
+    d0 = 1.0 + gamma * 0.2 - 0.5
+    a2, a1 = d2, d1 + gamma * lam * d2
+    a0 = d0 + gamma * lam * a1
+    adv, ret = gae(rewards, values, valid, gamma, lam)
+    torch.testing.assert_close(adv, torch.tensor([[a0, a1, a2, 0.0]]))
+    torch.testing.assert_close(ret[valid], (adv + values)[valid])
+
+
+def test_clipped_surrogate_on_a_known_batch():
+    param = torch.nn.Parameter(torch.zeros(()))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    samples = {"logp": torch.zeros(2), "advantage": torch.tensor([1.0, -1.0]),
+               "return": torch.tensor([1.0, 3.0])}
+
+    def evaluate(idx):  # ratio 1.5 everywhere, value 0
+        return (torch.full((len(idx),), math.log(1.5)) + 0 * param, torch.zeros(len(idx)),
+                torch.zeros(len(idx)) + 0 * param)
+
+    config = PPOConfig(epochs=1, minibatch_size=2, clip=0.2)
+    stats = ppo_update(evaluate, samples, optimizer, [param], config, torch.Generator().manual_seed(0))
+    # adv +1: min(1.5, 1.2) = 1.2; adv -1: min(-1.5, -1.2) = -1.5; loss = -mean = 0.15
+    assert stats["policy_loss"] == pytest.approx(0.15)
+    assert stats["value_loss"] == pytest.approx(0.5 * (1 + 9) / 2)
+    assert stats["clip_fraction"] == pytest.approx(1.0)
+
+
+def test_non_finite_loss_raises():
+    param = torch.nn.Parameter(torch.zeros(()))
+    samples = {"logp": torch.zeros(2), "advantage": torch.ones(2), "return": torch.zeros(2)}
+
+    def evaluate(idx):
+        return torch.full((len(idx),), float("nan")) + param, torch.zeros(len(idx)), torch.zeros(len(idx))
+
+    with pytest.raises(FloatingPointError):
+        ppo_update(evaluate, samples, torch.optim.SGD([param], lr=0.1), [param],
+                   PPOConfig(epochs=1, minibatch_size=2), torch.Generator())
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(cfg.ConfigError, match="divisible"):
+        cfg.build(TrMRLConfig, {"d_model": 30, "heads": 4})
+    with pytest.raises(cfg.ConfigError, match="unknown .* key 'layer'"):
+        cfg.build(TrMRLConfig, {"layer": 2})
+    with pytest.raises(cfg.ConfigError, match="'tfixup' must be bool"):
+        cfg.build(TrMRLConfig, {"tfixup": "maybe"})
+
+
+# -- learning ---------------------------------------------------------------------------------
+def test_tiny_training_run_improves_a_learnable_task():
+    """A fixed target action: the return must rise from the initial policy's."""
+    suite = ToySuite()
+    target = [suite._task("train", 0, 0.6)] * 8
+    agent = tiny_trmrl(suite, seed=1, lr_policy=3e-3, lr_value=3e-3, init_std=0.5,
+                       trials_per_update=8, minibatch_size=32, epochs=4, gamma=0.5)
+    returns = []
+    with TrialSampler(suite, num_envs=8, seed=1) as sampler:
+        for _ in range(40):
+            returns.append(agent.train_iteration(sampler, target).episode_return.mean())
+    assert np.mean(returns[:3]) < -1.0  # about 5 * (0.6^2 + 0.25) per episode
+    assert np.mean(returns[-3:]) > 0.5 * np.mean(returns[:3])

@@ -1,0 +1,87 @@
+"""The agent interface that training, evaluation and the workflow use for every agent.
+
+An agent is a :class:`~trmrl.sampling.TrialPolicy` (``reset`` per trial, ``act`` per step,
+memory kept across the episodes of a trial) that can also learn: ``train_iteration``
+collects trials on training tasks with a sampler and updates itself. ``state_dict`` /
+``load_state_dict`` cover everything needed to resume bit-for-bit (weights, optimiser
+state, random generators).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from trmrl.errors import ConfigError
+import torch
+
+from trmrl.envs import Task, TaskSuite
+from trmrl.sampling import PolicyOutput, StepInput, TrialSampler
+
+
+@dataclass
+class RunConfig:
+    """Settings every agent has: budget, evaluation, sampling."""
+
+    steps: int = 20_000_000  # env-step budget of a training run (the paper's, per env)
+    eval_every: int = 200_000  # env steps between evaluations on the held-out test tasks
+    eval_tasks: int = 20  # test tasks per evaluation
+    trials_per_update: int = 20  # trials (one task each) collected per learning iteration
+    num_workers: int = 0  # sampler worker processes (0: step the envs in the trainer's process)
+    horizon: int | None = None  # episode length; None: the suite's
+    episodes_per_trial: int | None = None  # episodes per trial (K); None: the suite's
+    checkpoint_every_s: float = 300.0  # wall-clock seconds between checkpoints
+
+    def validate(self) -> None:
+        for name in ("steps", "eval_every", "eval_tasks", "trials_per_update"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("horizon", "episodes_per_trial"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers!r}")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError(f"checkpoint_every_s must be >= 0, got {self.checkpoint_every_s!r}")
+
+
+@dataclass
+class IterationResult:
+    env_steps: int  # env steps this iteration consumed
+    episode_return: np.ndarray  # [trials, K] returns of the training trials
+    episode_success: np.ndarray  # [trials, K] (NaN where the suite has no success metric)
+    metrics: dict[str, float] = field(default_factory=dict)  # losses etc., for logs
+
+
+class Agent(abc.ABC):
+    """Base class of every agent; subclasses set ``name`` and ``config_class``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[RunConfig]]
+
+    def __init__(self, config: RunConfig, suite: TaskSuite, device: torch.device, seed: int):
+        self.config, self.suite, self.device, self.seed = config, suite, device, seed
+
+    # -- acting: the TrialPolicy protocol ------------------------------------------------
+    @abc.abstractmethod
+    def reset(self, num_trials: int) -> None:
+        """Start ``num_trials`` new trials: clear all memory."""
+
+    @abc.abstractmethod
+    def act(self, step: StepInput, deterministic: bool = False) -> PolicyOutput:
+        """Actions for one lockstep step (rows with ``step.active`` False are padding)."""
+
+    # -- learning -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def train_iteration(self, sampler: TrialSampler, tasks: list[Task]) -> IterationResult:
+        """Collect trials on ``tasks`` and update the agent once."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

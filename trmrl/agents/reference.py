@@ -1,0 +1,79 @@
+"""Reference agents that bound every env: ``oracle`` and ``memoryless``.
+
+Both are PPO with Gaussian MLP policies on the same code as TrMRL. The oracle observes the
+task parameters (the best a meta-learner could infer); the memoryless agent sees only the
+current observation (what a policy achieves without adapting). A normalised score
+(R - R_memoryless) / (R_oracle - R_memoryless) puts envs on one scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.ppo import PPOConfig
+
+
+@dataclass
+class ReferenceConfig(PPOConfig):
+    hidden: tuple[int, ...] = (64, 64)  # tanh MLP sizes of policy and value
+    init_std: float = 0.5  # initial action standard deviation
+
+
+class GaussianMLP(nn.Module):
+    def __init__(self, in_dim: int, act_dim: int, hidden: tuple[int, ...], init_std: float):
+        super().__init__()
+        self.policy = mlp([in_dim, *hidden, act_dim], out_gain=0.01)
+        self.value = mlp([in_dim, *hidden, 1])
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(init_std))))
+
+    def forward(self, x):
+        return self.policy(x), self.value(x).squeeze(-1)
+
+    def policy_parameters(self):
+        return [*self.policy.parameters(), self.log_std]
+
+    def value_parameters(self):
+        return list(self.value.parameters())
+
+
+class MemorylessAgent(PPOAgent):
+    name = "memoryless"
+    config_class = ReferenceConfig
+    config: ReferenceConfig
+
+    def build_model(self):
+        return GaussianMLP(self.input_dim(), self.suite.action_dim, self.config.hidden,
+                           self.config.init_std)
+
+    def input_dim(self) -> int:
+        return self.suite.observation_dim
+
+    def reset(self, num_trials: int) -> None:
+        pass  # no memory
+
+    def step_inputs(self, step):
+        return to_device(step.obs, self.device)
+
+    def batch_inputs(self, batch):
+        return to_device(batch.obs, self.device)
+
+
+class OracleAgent(MemorylessAgent):
+    name = "oracle"
+
+    def input_dim(self) -> int:
+        probe = self.suite.tasks("test", 0, 1)[0]
+        return self.suite.observation_dim + len(self.suite.task_features(probe))
+
+    def step_inputs(self, step):
+        return to_device(np.concatenate([step.obs, step.task_features], -1), self.device)
+
+    def batch_inputs(self, batch):
+        features = np.broadcast_to(batch.task_features[:, None],
+                                   (*batch.obs.shape[:2], batch.task_features.shape[-1]))
+        return to_device(np.concatenate([batch.obs, features], -1), self.device)

@@ -1,0 +1,201 @@
+"""TrMRL: a causal transformer over working memories, trained with PPO (Melo, ICML 2022).
+
+Each step's *working memory* phi(s_t, a_{t-1}, r_{t-1}, d_t) is embedded by a bias-free
+linear layer; a causal self-attention encoder runs over the last ``wm_size`` working
+memories and its output at the current step (the *episodic memory*) feeds a Gaussian MLP
+policy and a value MLP. T-Fixup initialisation lets the encoder train without LayerNorm.
+By default the window is cleared at every episode start, as the released code does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.ppo import PPOConfig
+from trmrl.errors import ConfigError
+from trmrl.sampling import StepInput, TrialBatch
+
+
+@dataclass
+class TrMRLConfig(PPOConfig):
+    layers: int = 4  # encoder layers (N in T-Fixup's scales)
+    heads: int = 16  # attention heads
+    d_model: int = 128  # embedding width
+    d_ff: int = 512  # feed-forward width
+    wm_size: int = 5  # working memories the encoder attends over (the window)
+    window_crosses_episodes: bool = False  # keep the window across episodes of a trial
+    tfixup: bool = True  # T-Fixup initialisation (off: PyTorch's default init)
+    layernorm: bool = False  # post-LayerNorm in every encoder layer (T-Fixup removes it)
+    shared_encoder: bool = True  # policy and value read one encoder (else one each)
+    hidden: tuple[int, ...] = (64, 64)  # tanh MLP sizes of the policy and value heads
+    init_std: float = 0.5  # initial action standard deviation
+
+    def validate(self) -> None:
+        super().validate()
+        if self.d_model % self.heads:
+            raise ConfigError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        for name in ("layers", "heads", "d_model", "d_ff", "wm_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.init_std <= 0:
+            raise ConfigError(f"init_std must be positive, got {self.init_std!r}")
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm transformer layer; LayerNorms are identities when ``layernorm`` is off."""
+
+    def __init__(self, d_model: int, heads: int, d_ff: int, layernorm: bool):
+        super().__init__()
+        self.heads = heads
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.ff1 = nn.Linear(d_model, d_ff)
+        self.ff2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model) if layernorm else nn.Identity()
+        self.norm2 = nn.LayerNorm(d_model) if layernorm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.in_proj(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = self.norm1(x + self.out_proj(attended.transpose(1, 2).reshape(batch, length, width)))
+        return self.norm2(x + self.ff2(F.relu(self.ff1(x))))
+
+
+class WorkingMemoryEncoder(nn.Module):
+    """Windows of working memories [B, W, in] (current step last) -> episodic memory [B, d]."""
+
+    def __init__(self, in_dim: int, config: TrMRLConfig):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, config.d_model, bias=False)
+        self.register_buffer("positions", sinusoidal_positions(config.wm_size, config.d_model))
+        self.layers = nn.ModuleList(
+            EncoderLayer(config.d_model, config.heads, config.d_ff, config.layernorm)
+            for _ in range(config.layers))
+        causal = torch.ones(config.wm_size, config.wm_size).tril().bool()
+        self.register_buffer("causal", causal)
+        if config.tfixup:
+            tfixup_init(self, config.layers, config.d_model)
+
+    def forward(self, windows: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        return self.encode_all(windows, filled)[:, -1]
+
+    def encode_all(self, windows: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """Outputs at every slot [B, W, d] (the policy uses the last: the current step)."""
+        # slot i attends to filled slots j <= i; empty slots attend to themselves only, so no
+        # row is fully masked (which would give NaN) and filled slots never see them
+        eye = torch.eye(self.causal.shape[0], dtype=torch.bool, device=windows.device)
+        mask = self.causal & (filled[:, None, :] | eye)  # [B, W, W]
+        x = self.embed(windows) + self.positions
+        for layer in self.layers:
+            x = layer(x, mask[:, None])
+        return x
+
+
+def tfixup_init(encoder: WorkingMemoryEncoder, num_layers: int, d_model: int) -> None:
+    """T-Fixup (Huang et al., 2020) for an N-layer encoder without LayerNorm."""
+    scale = 0.67 * num_layers ** -0.25
+    for layer in encoder.layers:
+        for linear in (layer.in_proj, layer.out_proj, layer.ff1, layer.ff2):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        with torch.no_grad():
+            for linear in (layer.out_proj, layer.ff1, layer.ff2):
+                linear.weight.mul_(scale)
+            layer.in_proj.weight.mul_(scale * math.sqrt(2))
+    nn.init.normal_(encoder.embed.weight, 0.0, d_model ** -0.5)
+    with torch.no_grad():
+        encoder.embed.weight.mul_((9 * num_layers) ** -0.25)
+
+
+class TrMRLModel(nn.Module):
+    def __init__(self, in_dim: int, act_dim: int, config: TrMRLConfig):
+        super().__init__()
+        self.policy_encoder = WorkingMemoryEncoder(in_dim, config)
+        self.value_encoder = None if config.shared_encoder else WorkingMemoryEncoder(in_dim, config)
+        self.policy = mlp([config.d_model, *config.hidden, act_dim], out_gain=0.01)
+        self.value = mlp([config.d_model, *config.hidden, 1])
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(config.init_std))))
+
+    def episodic_memory(self, windows, filled):
+        return self.policy_encoder(windows, filled)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]):
+        windows, filled = inputs
+        memory = self.policy_encoder(windows, filled)
+        value_memory = memory if self.value_encoder is None else self.value_encoder(windows, filled)
+        return self.policy(memory), self.value(value_memory).squeeze(-1)
+
+    def policy_parameters(self):
+        return [*self.policy_encoder.parameters(), *self.policy.parameters(), self.log_std]
+
+    def value_parameters(self):
+        encoder = [] if self.value_encoder is None else list(self.value_encoder.parameters())
+        return [*encoder, *self.value.parameters()]
+
+
+class _Windows:
+    """A (windows, filled) pair that indexes like one tensor, so PPO can slice minibatches."""
+
+    def __init__(self, windows: torch.Tensor, filled: torch.Tensor):
+        self.windows, self.filled = windows, filled
+
+    def __getitem__(self, index):
+        return _Windows(self.windows[index], self.filled[index])
+
+    def __iter__(self):
+        return iter((self.windows, self.filled))
+
+
+class TrMRLAgent(PPOAgent):
+    name = "trmrl"
+    config_class = TrMRLConfig
+    config: TrMRLConfig
+
+    def build_model(self):
+        self.in_dim = self.suite.observation_dim + self.suite.action_dim + 2
+        return TrMRLModel(self.in_dim, self.suite.action_dim, self.config)
+
+    # -- memory while acting ----------------------------------------------------------------
+    def reset(self, num_trials: int) -> None:
+        W = self.config.wm_size
+        self.window = torch.zeros(num_trials, W, self.in_dim, device=self.device)
+        self.filled = torch.zeros(num_trials, W, dtype=torch.bool, device=self.device)
+
+    def step_inputs(self, step: StepInput):
+        memory = to_device(step.augmented(), self.device)
+        if not self.config.window_crosses_episodes:
+            start = to_device(step.episode_start, self.device)
+            self.filled &= ~start[:, None]
+        self.window = torch.cat([self.window[:, 1:], memory[:, None]], 1)
+        self.filled = torch.cat([self.filled[:, 1:], torch.ones_like(self.filled[:, :1])], 1)
+        return _Windows(self.window, self.filled)
+
+    # -- the same windows for a whole batch ---------------------------------------------------
+    def batch_inputs(self, batch: TrialBatch):
+        W = self.config.wm_size
+        memories = to_device(batch.augmented_inputs(), self.device)  # [N, T, D]
+        windows = F.pad(memories, (0, 0, W - 1, 0)).unfold(1, W, 1).transpose(-1, -2)  # [N,T,W,D]
+        episode = to_device(batch.episode_index.astype(np.int64), self.device)
+        padded = F.pad(episode, (W - 1, 0), value=-1).unfold(1, W, 1)  # [N, T, W]
+        if self.config.window_crosses_episodes:
+            filled = padded >= 0
+        else:
+            filled = padded == episode[..., None]
+        return _Windows(windows, filled)

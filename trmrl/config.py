@@ -1,0 +1,92 @@
+"""Hyperparameter resolution: dataclass defaults < versioned package YAML < user overrides.
+
+Each agent keeps its hyperparameters in one dataclass (a comment per field). The package
+YAML ``trmrl/configs/<agent>.yaml`` holds the per-env defaults, e.g. the paper's launch
+commands; ``--set key=value`` and the workflow config override them. Unknown keys and
+values of the wrong type are errors that name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from trmrl.errors import ConfigError
+
+
+def load_defaults(agent: str) -> dict[str, Any]:
+    """The package YAML of an agent: ``{"version": int, "default": {...}, "envs": {...}}``."""
+    text = resources.files("trmrl.configs").joinpath(f"{agent}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def env_defaults(agent: str, env: str) -> tuple[dict[str, Any], int]:
+    """(the YAML values for ``env``, the YAML's version)."""
+    data = load_defaults(agent)
+    values = dict(data.get("default") or {})
+    values.update((data.get("envs") or {}).get(env) or {})
+    return values, int(data["version"])
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lr_policy=1e-4", "tfixup=false"]`` -> dict, values parsed as YAML scalars."""
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+    return out
+
+
+def build(config_cls: type, values: dict[str, Any], source: str = "config"):
+    """An instance of the dataclass ``config_cls`` from ``values``, type-checked."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown {source} key {key!r}; valid keys: {', '.join(sorted(fields))}")
+        kwargs[key] = coerce(key, value, hints[key], source)
+    config = config_cls(**kwargs)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def coerce(key: str, value: Any, hint: Any, source: str = "config") -> Any:
+    """``value`` as type ``hint`` (int, float, bool, str, tuple[int, ...], X | None)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(key, value, inner[0], source)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 2e7 in YAML
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(coerce(key, v, args[0], source) for v in value)
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{source} key {key!r} must be {name}, got {value!r}")
+
+
+def to_dict(config) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
