@@ -467,3 +467,23 @@ def test_suite_metadata(suite):
 
 def test_ant_dir_quirk_is_documented():
     assert any("radians" in quirk for quirk in make_suite("ant-dir").quirks)
+
+
+@pytest.mark.parametrize("env_name, width", [("cheetah-vel", 1), ("cheetah-dir", 1), ("ant-dir", 2),
+                                             ("ant-goal", 2), ("humanoid-dir", 2)])
+def test_task_features_for_the_oracle(env_name, width):
+    from trmrl.envs import make_suite
+    suite = make_suite(env_name)
+    tasks = suite.tasks("test", 0, 4)
+    features = np.stack([suite.task_features(t) for t in tasks])
+    assert features.shape == (4, width) and features.dtype == np.float32
+    assert len({tuple(f) for f in features}) > 1  # tasks are told apart
+
+
+def test_params_task_features_are_all_exponents():
+    from trmrl.envs import make_suite
+    suite = make_suite("hopper-params")
+    task = suite.tasks("test", 0, 1)[0]
+    features = suite.task_features(task)
+    expected = sum(np.size(v) for k, v in task.params.items() if k.endswith("_exp"))
+    assert features.shape == (expected,) and np.isclose(features.mean(), task.value, atol=1e-5)

@@ -236,3 +236,15 @@ def test_ml45(suites):
     env.set_task(picked[0])
     for episode in range(2):
         assert isinstance(run_episode(env, seed=episode), bool)
+
+
+def test_task_features_tell_goals_and_classes_apart():
+    from trmrl.envs import make_suite
+    ml1 = make_suite("ml1-reach")
+    a, b = ml1.tasks("train", 0, 2)
+    assert ml1.task_features(a).shape == (12,) and not np.array_equal(ml1.task_features(a), ml1.task_features(b))
+    ml10 = make_suite("ml10")
+    tasks = ml10.eval_tasks("test", 0, 5)
+    features = np.stack([ml10.task_features(t) for t in tasks])
+    assert features.shape == (5, 15 + 12)
+    assert (features[:, :15].sum(1) == 1).all() and len({f.argmax() for f in features[:, :15]}) == 5

@@ -123,7 +123,7 @@ def cmd_agents(args) -> None:
         per_env = {env: cfg.to_dict(cfg.build(cls.config_class, cfg.env_defaults(name, env)[0]))
                    for env in ENV_NAMES}
         agents.append({"name": name, "defaults_version": data["version"],
-                       "doc": (sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
+                       "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
                        "keys": sorted(fields), "defaults": per_env})
     if args.json:
         print(json.dumps({"agents": agents, "not_implemented": list(PLANNED)}, indent=2))
@@ -162,7 +162,7 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from trmrl.evaluate import evaluate
 
-    returns = evaluate(args.run, args.protocol, args.out, args.device)
+    returns = evaluate(args.run, args.protocol, args.out, args.device, latents=args.latents)
     means = returns.mean(0)
     print(f"{args.protocol}: mean return per episode over {returns.shape[0]} tasks: "
           + ", ".join(f"{m:.1f}" for m in means) + f" -> {args.out}")
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                           type=_choice("protocol", ("adaptation", "ood")))
     evaluate.add_argument("--out", required=True, metavar="FILE.csv")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--latents", default=None, metavar="FILE.npz",
+                          help="also save the agent's episodic memories (latent maps)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -23,8 +23,14 @@ EVAL_EPISODES = 6
 
 
 def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = "auto",
-             episodes: int = EVAL_EPISODES, num_tasks: int = NUM_EVAL_TASKS) -> np.ndarray:
-    """Write the protocol's table to ``out``; returns the [tasks, episodes] returns."""
+             episodes: int = EVAL_EPISODES, num_tasks: int = NUM_EVAL_TASKS,
+             latents: Path | str | None = None, latent_stride: int = 10) -> np.ndarray:
+    """Write the protocol's table to ``out``; returns the [tasks, episodes] returns.
+
+    With ``latents``, also saves the agent's episodic memories (every ``latent_stride``-th
+    step) as .npz with arrays memory [M, d], task [M], task_param [M], episode [M], step [M];
+    agents without an episodic memory save an empty file with ``memory`` of shape [0, 0].
+    """
     if protocol not in PROTOCOLS:
         raise SuiteError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
     spec, agent = load_run(run_dir, device)
@@ -33,9 +39,12 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
     suite.check_split(split)
     tasks = suite.eval_tasks(split, spec.seed, num_tasks)
     hp = spec.hyperparameters
+    agent.record_memory = latents is not None
     with TrialSampler(suite, len(tasks), horizon=hp.horizon, episodes_per_trial=episodes,
                       seed=spec.seed + 20_000) as sampler:
         batch = sampler.run(agent, tasks, deterministic=True, call=0)
+    if latents is not None:
+        _save_latents(Path(latents), batch, tasks, latent_stride)
     lines = [EVAL_COLUMNS]
     for task, returns, successes in zip(tasks, batch.episode_return, batch.episode_success):
         for episode, (ret, success) in enumerate(zip(returns, successes)):
@@ -46,3 +55,25 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
     text = "\n".join(",".join(str(v) for v in line) for line in lines) + "\n"
     atomic_write_bytes(out, text.encode())
     return batch.episode_return
+
+
+def _save_latents(path: Path, batch, tasks, stride: int) -> None:
+    import io
+
+    step_in_episode = np.zeros_like(batch.episode_index, dtype=np.int64)
+    for n in range(batch.num_trials):  # position inside the episode, from the episode starts
+        starts = np.flatnonzero(batch.episode_start[n])
+        for start, end in zip(starts, [*starts[1:], batch.valid[n].sum()]):
+            step_in_episode[n, start:end] = np.arange(end - start)
+    keep = batch.valid & (step_in_episode % stride == 0)
+    memory = batch.extras.get("memory")
+    arrays = {"memory": memory[keep] if memory is not None else np.zeros((0, 0), np.float32),
+              "task": np.broadcast_to(np.arange(batch.num_trials)[:, None], keep.shape)[keep],
+              "task_param": np.broadcast_to(np.array([t.value for t in tasks])[:, None], keep.shape)[keep],
+              "episode": batch.episode_index[keep].astype(np.int64), "step": step_in_episode[keep]}
+    if memory is None:
+        arrays = {k: (v if k == "memory" else v[:0]) for k, v in arrays.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -85,3 +85,7 @@ class Agent(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    # Agents with an episodic memory (an embedding the policy acts on) return it in
+    # ``PolicyOutput.extras["memory"]`` while ``record_memory`` is True (latent maps).
+    record_memory: bool = False

@@ -44,6 +44,7 @@ class PPOAgent(Agent):
                                         self.model.value_parameters(), config)
         # one CPU generator for action noise and minibatch order: identical runs on CPU
         self.generator = torch.Generator().manual_seed(seed)
+        self.record_memory = False  # evaluation sets it to collect episodic memories
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -67,8 +68,10 @@ class PPOAgent(Agent):
             noise = torch.randn(mean.shape, generator=self.generator).to(self.device)
             action = mean + log_std.exp() * noise
         logp = gaussian_log_prob(mean, log_std, action)
-        return PolicyOutput(action.cpu().numpy(), {"logp": logp.cpu().numpy(),
-                                                   "value": value.cpu().numpy()})
+        extras = {"logp": logp.cpu().numpy(), "value": value.cpu().numpy()}
+        if self.record_memory and hasattr(self.model, "last_memory"):
+            extras["memory"] = self.model.last_memory.cpu().numpy()
+        return PolicyOutput(action.cpu().numpy(), extras)
 
     # -- learning -------------------------------------------------------------------------
     def train_iteration(self, sampler, tasks) -> IterationResult:

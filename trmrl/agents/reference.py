@@ -42,6 +42,8 @@ class GaussianMLP(nn.Module):
 
 
 class MemorylessAgent(PPOAgent):
+    """PPO MLP on the current observation alone: the lower bound of every env."""
+
     name = "memoryless"
     config_class = ReferenceConfig
     config: ReferenceConfig
@@ -64,6 +66,8 @@ class MemorylessAgent(PPOAgent):
 
 
 class OracleAgent(MemorylessAgent):
+    """PPO MLP that also observes the task parameters: the upper bound of every env."""
+
     name = "oracle"
 
     def input_dim(self) -> int:

@@ -139,6 +139,7 @@ class TrMRLModel(nn.Module):
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]):
         windows, filled = inputs
         memory = self.policy_encoder(windows, filled)
+        self.last_memory = memory.detach()  # the episodic memory, for latent maps
         value_memory = memory if self.value_encoder is None else self.value_encoder(windows, filled)
         return self.policy(memory), self.value(value_memory).squeeze(-1)
 
@@ -164,6 +165,8 @@ class _Windows:
 
 
 class TrMRLAgent(PPOAgent):
+    """TrMRL: causal transformer over working memories (T-Fixup, no LayerNorm) + PPO."""
+
     name = "trmrl"
     config_class = TrMRLConfig
     config: TrMRLConfig

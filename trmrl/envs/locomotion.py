@@ -354,6 +354,10 @@ class AntDir(LocomotionSuite):
             return _alternating_directions(split, self._task)
         return super()._fixed_tasks(split, rng)
 
+    def task_features(self, task: Task) -> np.ndarray:
+        angle = task.params["angle"]
+        return np.array([np.cos(angle), np.sin(angle)], np.float32)
+
     def observe(self, env):
         return np.concatenate((env.data.qpos[2:], env.data.qvel))
 
@@ -404,6 +408,9 @@ class AntGoal(LocomotionSuite):
                               math.atan2(y, x)))
         return tasks
 
+    def task_features(self, task: Task) -> np.ndarray:
+        return np.asarray(task.params["goal"], np.float32)
+
     def observe(self, env):
         return np.concatenate((env.data.qpos, env.data.qvel))
 
@@ -444,6 +451,10 @@ class HumanoidDir(LocomotionSuite):
     def _draw_tasks(self, split, rng, n):
         return [Task(self.name, split, i, {"angle": float(t)}, f"angle={t:.2f}", float(t))
                 for i, t in enumerate(rng.uniform(0.0, 2 * np.pi, n))]
+
+    def task_features(self, task: Task) -> np.ndarray:
+        angle = task.params["angle"]
+        return np.array([np.cos(angle), np.sin(angle)], np.float32)
 
     def observe(self, env):
         # gymnasium Humanoid-v5's default observation (the world body's rows are all zero)
@@ -522,6 +533,10 @@ class _RandomParamsSuite(LocomotionSuite):
             params = {f"{key}_exp": e.tolist() for key, e in exponents.items()}
             tasks.append(Task(self.name, split, i, params, f"mean exp={mean:+.2f}", mean))
         return tasks
+
+    def task_features(self, task: Task) -> np.ndarray:
+        return np.concatenate([np.ravel(task.params[f"{key}_exp"])
+                               for key in RANDOMISED_PARAMS]).astype(np.float32)
 
     def apply_task(self, env, task):
         base = _base_model(self.body.xml_file)

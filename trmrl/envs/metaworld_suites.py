@@ -197,6 +197,9 @@ _QUIRKS = (
 )
 
 
+RAND_VEC_WIDTH = 12  # oracle features: rand_vec (object start + goal, 3-9 numbers) padded
+
+
 class MetaWorldSuite(TaskSuite):
     """Shared work for the Meta-World suites; subclasses only set names and text."""
 
@@ -285,6 +288,16 @@ class MetaWorldSuite(TaskSuite):
         n, seed = _check_count(n), _check_seed(seed)
         indices = rng.integers(self._split_size("train", seed), size=n)
         return [self._task("train", seed, int(i)) for i in indices]
+
+    def task_features(self, task: Task) -> np.ndarray:
+        """One-hot class (over all the benchmark's classes) + metaworld's rand_vec, padded."""
+        names = self.class_names()
+        one_hot = np.zeros(len(names) if len(names) > 1 else 0, np.float32)
+        if len(one_hot):
+            one_hot[names.index(task.params["env_name"])] = 1.0
+        goal = np.zeros(RAND_VEC_WIDTH, np.float32)
+        goal[: len(task.params["goal"])] = task.params["goal"]
+        return np.concatenate([one_hot, goal])
 
     # -- envs ------------------------------------------------------------------------------
     def make_env(self, task: Task | None = None) -> MetaWorldTaskEnv:

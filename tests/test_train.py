@@ -1,0 +1,190 @@
+"""`trmrl train` / `trmrl evaluate` end to end on tiny budgets (CPU)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trmrl.cli import main
+from trmrl.train import PROGRESS_COLUMNS
+
+# a few-second cheetah-vel run: 2 trials x 2 episodes x 20 steps = 80 env steps per iteration
+TINY = ["layers=1", "heads=2", "d_model=16", "d_ff=32", "trials_per_update=2", "horizon=20",
+        "eval_every=160", "eval_tasks=2", "checkpoint_every_s=0", "minibatch_size=32", "epochs=2"]
+
+
+def train_args(out, steps=480, seed=0, agent="trmrl", extra=()):
+    args = ["train", "--agent", agent, "--env", "cheetah-vel", "--seed", str(seed),
+            "--out", str(out), "--steps", str(steps), "--device", "cpu"]
+    for item in [*(TINY if agent == "trmrl" else TINY[4:]), *extra]:
+        args += ["--set", item]
+    return args
+
+
+def rows(path, drop_wall=True):
+    with open(path) as handle:
+        table = list(csv.reader(handle))
+    return [[v for i, v in enumerate(r) if not (drop_wall and i == 1)] for r in table]
+
+
+def test_train_writes_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    assert main(train_args(run)) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["agent"] == "trmrl" and config["env"] == "cheetah-vel" and config["seed"] == 0
+    assert config["trmrl_version"] and config["git_commit"]
+    assert config["hyperparameters"]["layers"] == 1 and config["hyperparameters"]["clip"] == 0.1
+    table = rows(run / "progress.csv", drop_wall=False)
+    assert table[0] == PROGRESS_COLUMNS
+    body = table[1:]
+    assert {r[2] for r in body} == {"train", "test"}
+    test_steps = sorted({int(r[0]) for r in body if r[2] == "test"})
+    assert test_steps == [0, 160, 320, 480]
+    assert all(r[3] in ("0", "1") and r[5] == "" for r in body)  # 2 episodes, no success metric
+    assert (run / "checkpoint.pt").exists() and not (run / "checkpoint.pt.tmp").exists()
+
+
+def test_finished_run_is_not_retrained_and_can_be_extended(tmp_path):
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=160)) == 0
+    before = (run / "progress.csv").read_text()
+    assert main(train_args(run, steps=160)) == 0
+    assert (run / "progress.csv").read_text() == before
+    assert main(train_args(run, steps=320)) == 0
+    assert rows(run / "progress.csv")[: len(before.splitlines())] == rows(run / "progress.csv")[: len(before.splitlines())]
+    assert max(int(r[0]) for r in rows(run / "progress.csv")[1:]) == 320
+
+
+def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference"
+    assert main(train_args(reference, steps=960)) == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "trmrl.cli", *train_args(killed, steps=960)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a few iterations are checkpointed
+        progress = killed / "progress.csv"
+        if progress.exists() and len(progress.read_text().splitlines()) > 12:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = rows(killed / "progress.csv")
+    assert 12 < len(partial) < len(rows(reference / "progress.csv")), "kill came too late"
+
+    assert main(train_args(killed, steps=960)) == 0
+    assert rows(killed / "progress.csv") == rows(reference / "progress.csv")
+
+
+def test_evaluate_writes_the_protocol_table(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=80)) == 0
+    out = tmp_path / "eval" / "adaptation.csv"
+    assert main(["evaluate", "--run", str(run), "--protocol", "adaptation", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    table = rows(out, drop_wall=False)
+    assert table[0] == ["task", "task_param", "episode", "return", "success"]
+    assert len(table) == 1 + 20 * 6
+    assert {int(r[2]) for r in table[1:]} == set(range(6))
+    assert {int(r[0]) for r in table[1:]} == set(range(20))
+    assert main(["evaluate", "--run", str(run), "--protocol", "ood", "--out",
+                 str(tmp_path / "ood.csv"), "--device", "cpu"]) == 0
+    ood = rows(tmp_path / "ood.csv", drop_wall=False)[1:]
+    assert all(3.0 <= float(r[1]) <= 4.0 for r in ood)
+
+
+@pytest.mark.parametrize("agent", ["oracle", "memoryless"])
+def test_reference_agents_train(tmp_path, agent):
+    assert main(train_args(tmp_path / agent, steps=160, agent=agent)) == 0
+    assert (tmp_path / agent / "checkpoint.pt").exists()
+
+
+# -- bad input --------------------------------------------------------------------------------
+def one_line_error(capsys, args, *words):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("trmrl: error:"), err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    out = str(tmp_path / "x")
+    base = ["--env", "cheetah-vel", "--seed", "0", "--out", out]
+    one_line_error(capsys, ["train", "--agent", "nope", *base], "'nope'", "trmrl", "memoryless")
+    one_line_error(capsys, ["train", "--agent", "rl2", *base], "not implemented")
+    one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--set", "layer=2"], "'layer'", "layers")
+    one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--set", "layers=two"], "'layers'", "int")
+    one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--set", "layers"], "key=value")
+    one_line_error(capsys, ["train", "--agent", "trmrl", "--env", "cheetah", "--seed", "0",
+                            "--out", out], "'cheetah'", "cheetah-vel")
+    one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--steps", "-5"], "steps")
+    one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--device", "tpu"], "tpu")
+    one_line_error(capsys, ["tasks", "--env", "cheetah-dir", "--split", "ood", "--seed", "0"],
+                   "'ood'", "train, test")
+    one_line_error(capsys, ["tasks", "--env", "cheetah-vel", "--split", "val", "--seed", "0"],
+                   "'val'", "train, test, ood")
+    one_line_error(capsys, ["tasks", "--env", "cheetah-vel", "--split", "test", "--seed", "x"],
+                   "seed", "'x'")
+    one_line_error(capsys, ["rollout", "--env", "cheetah-vel", "--horizon", "0"], "horizon", "'0'")
+    one_line_error(capsys, ["evaluate", "--run", out, "--protocol", "adaptation", "--out",
+                            str(tmp_path / "e.csv")], "not a run directory")
+    assert not Path(out).exists()
+
+
+def test_run_dir_of_another_run_is_left_alone(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=80)) == 0
+    snapshot = {p.name: p.read_bytes() for p in run.iterdir()}
+    one_line_error(capsys, train_args(run, steps=80, seed=1), "seed=0", "seed=1")
+    one_line_error(capsys, train_args(run, steps=80, extra=["clip=0.3"]), "clip")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == snapshot
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=80)) == 0
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    one_line_error(capsys, train_args(run, steps=160), "corrupt checkpoint")
+    assert (run / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from trmrl.agents.ppo_agent import PPOAgent
+
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=160)) == 0
+    good = torch.load(run / "checkpoint.pt", weights_only=False)["env_steps"]
+
+    def diverge(self, batch):
+        raise FloatingPointError("non-finite PPO loss")
+
+    monkeypatch.setattr(PPOAgent, "update", diverge)
+    assert main(train_args(run, steps=400)) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "last good checkpoint" in err
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["env_steps"] == good
+
+
+def test_evaluate_saves_episodic_memories(tmp_path):
+    import numpy as np
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=80)) == 0
+    latents = tmp_path / "latents.npz"
+    assert main(["evaluate", "--run", str(run), "--protocol", "adaptation", "--out",
+                 str(tmp_path / "a.csv"), "--device", "cpu", "--latents", str(latents)]) == 0
+    data = np.load(latents)
+    # 20 tasks x 6 episodes x (20 steps / stride 10) points of width d_model=16
+    assert data["memory"].shape == (20 * 6 * 2, 16)
+    assert set(data["step"]) == {0, 10} and set(data["episode"]) == set(range(6))
+    assert len(data["task_param"]) == len(data["memory"])
