@@ -88,7 +88,8 @@ def test_window_respects_episode_boundaries(crosses):
     agent = tiny_trmrl(suite, window_crosses_episodes=crosses)
     with TrialSampler(suite, num_envs=2) as sampler:
         batch = sampler.run(agent, suite.tasks("test", 0, 2))
-    windows, filled = agent.batch_inputs(batch)
+    inputs = agent.batch_inputs(batch)
+    windows, filled = inputs["windows"], inputs["filled"]
     W, H = agent.config.wm_size, suite.horizon
     assert windows.shape == (2, 15, W, agent.in_dim)
     # step 6 is the second step of episode 1
@@ -113,7 +114,7 @@ def test_acting_and_learning_see_the_same_inputs(make):
         batch = sampler.run(agent, suite.tasks("test", 0, 3))
     valid = torch.from_numpy(batch.valid)
     with torch.no_grad():
-        mean, value = agent.model(agent.batch_inputs(batch)[valid])
+        mean, value = agent.model({k: v[valid] for k, v in agent.batch_inputs(batch).items()})
         logp = gaussian_log_prob(mean, agent.model.log_std.expand_as(mean),
                                  torch.from_numpy(batch.action)[valid])
     torch.testing.assert_close(logp, torch.from_numpy(batch.extras["logp"])[valid], atol=1e-5, rtol=1e-5)
@@ -125,17 +126,17 @@ def test_future_steps_do_not_leak_into_training_windows():
     agent = tiny_trmrl(suite)
     with TrialSampler(suite, num_envs=1) as sampler:
         batch = sampler.run(agent, suite.tasks("test", 0, 1))
-    before = agent.batch_inputs(batch).windows[0, :8].clone()
+    before = agent.batch_inputs(batch)["windows"][0, :8].clone()
     batch.obs[0, 8:] += 100.0
     batch.reward[0, 8:] += 100.0
-    torch.testing.assert_close(agent.batch_inputs(batch).windows[0, :8], before)
+    torch.testing.assert_close(agent.batch_inputs(batch)["windows"][0, :8], before)
 
 
 # -- PPO --------------------------------------------------------------------------------------
 def test_gae_on_a_known_trial():
-    rewards = torch.tensor([[1.0, 0.0, 2.0, 0.0]])
-    values = torch.tensor([[0.5, 0.2, 1.0, 9.0]])
-    valid = torch.tensor([[True, True, True, False]])
+    rewards = np.array([[1.0, 0.0, 2.0, 0.0]])
+    values = np.array([[0.5, 0.2, 1.0, 9.0]])
+    valid = np.array([[True, True, True, False]])
     gamma, lam = 0.9, 0.8
     d2 = 2.0 - 1.0  # last valid step: next value 0
     d1 = 0.0 + gamma * 1.0 - 0.2
@@ -143,8 +144,8 @@ def test_gae_on_a_known_trial():
     a2, a1 = d2, d1 + gamma * lam * d2
     a0 = d0 + gamma * lam * a1
     adv, ret = gae(rewards, values, valid, gamma, lam)
-    torch.testing.assert_close(adv, torch.tensor([[a0, a1, a2, 0.0]]))
-    torch.testing.assert_close(ret[valid], (adv + values)[valid])
+    np.testing.assert_allclose(adv, [[a0, a1, a2, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(ret[valid], (adv + values)[valid], rtol=1e-6)
 
 
 def test_clipped_surrogate_on_a_known_batch():
@@ -153,9 +154,9 @@ def test_clipped_surrogate_on_a_known_batch():
     samples = {"logp": torch.zeros(2), "advantage": torch.tensor([1.0, -1.0]),
                "return": torch.tensor([1.0, 3.0])}
 
-    def evaluate(idx):  # ratio 1.5 everywhere, value 0
-        return (torch.full((len(idx),), math.log(1.5)) + 0 * param, torch.zeros(len(idx)),
-                torch.zeros(len(idx)) + 0 * param)
+    def evaluate(minibatch):  # ratio 1.5 everywhere, value 0
+        n = len(minibatch["logp"])
+        return torch.full((n,), math.log(1.5)) + 0 * param, torch.zeros(n), torch.zeros(n) + 0 * param
 
     config = PPOConfig(epochs=1, minibatch_size=2, clip=0.2)
     stats = ppo_update(evaluate, samples, optimizer, [param], config, torch.Generator().manual_seed(0))
@@ -169,8 +170,9 @@ def test_non_finite_loss_raises():
     param = torch.nn.Parameter(torch.zeros(()))
     samples = {"logp": torch.zeros(2), "advantage": torch.ones(2), "return": torch.zeros(2)}
 
-    def evaluate(idx):
-        return torch.full((len(idx),), float("nan")) + param, torch.zeros(len(idx)), torch.zeros(len(idx))
+    def evaluate(minibatch):
+        n = len(minibatch["logp"])
+        return torch.full((n,), float("nan")) + param, torch.zeros(n), torch.zeros(n)
 
     with pytest.raises(FloatingPointError):
         ppo_update(evaluate, samples, torch.optim.SGD([param], lr=0.1), [param],

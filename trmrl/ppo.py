@@ -3,19 +3,30 @@
 A trial (K episodes on one task) is one sequence for the return: GAE runs across the
 episode boundaries inside a trial (the memory carries over, so the value does too) and
 stops at the trial's end, where the memory is dropped. Each agent turns the batch into
-per-sample model inputs; minibatches are drawn over those samples.
+per-timestep samples (a dict of tensors with a leading sample axis); minibatches are drawn
+over those samples.
+
+On a GPU the whole minibatch step (forward, backward, AdamW) is captured once in a CUDA
+graph and replayed: the same arithmetic as the eager path without a kernel launch per op.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from trmrl.agents.base import RunConfig
 from trmrl.errors import ConfigError
+
+# evaluate(minibatch) -> (log_prob [B], entropy [B], value [B]) under the current parameters
+Evaluate = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+STATS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
 @dataclass
@@ -32,6 +43,7 @@ class PPOConfig(RunConfig):
     center_advantages: bool = False  # standardise advantages per minibatch
     entropy_coef: float = 0.0  # entropy bonus
     max_grad_norm: float = 0.0  # gradient-norm clip (0: off, as in the released code)
+    cuda_graphs: bool = True  # on a GPU, replay the minibatch step from a CUDA graph
 
     def validate(self) -> None:
         super().validate()
@@ -45,21 +57,22 @@ class PPOConfig(RunConfig):
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(rewards: np.ndarray, values: np.ndarray, valid: np.ndarray, gamma: float,
+        lam: float) -> tuple[np.ndarray, np.ndarray]:
     """Advantages and value targets for [N, T] trials; padding (valid False) gets zeros.
 
     Valid steps form a prefix of each row, and the value after a trial's last step is 0.
     """
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(rewards[:, 0])
-    next_value = torch.zeros_like(rewards[:, 0])
+    rewards, values = rewards.astype(np.float32), values.astype(np.float32)
+    mask = valid.astype(np.float32)
+    advantages = np.zeros_like(rewards)
+    last = np.zeros_like(rewards[:, 0])
+    next_value = np.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        mask = valid[:, t].to(rewards.dtype)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * last) * mask
+        last = (delta + gamma * lam * last) * mask[:, t]
         advantages[:, t] = last
-        next_value = values[:, t] * mask  # padding after the end bootstraps with 0
+        next_value = values[:, t] * mask[:, t]  # padding after the end bootstraps with 0
     return advantages, advantages + values
 
 
@@ -72,58 +85,163 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
 
 
-def make_optimizer(policy_params, value_params, config: PPOConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([{"params": list(policy_params), "lr": config.lr_policy},
-                              {"params": list(value_params), "lr": config.lr_value}],
-                             weight_decay=config.weight_decay)
+def make_optimizer(policy_params, value_params, config: PPOConfig,
+                   graphed: bool = False) -> torch.optim.Optimizer:
+    """AdamW with one lr per group; graphed: capturable, with lrs as device tensors."""
+    groups = [{"params": list(policy_params), "lr": config.lr_policy},
+              {"params": list(value_params), "lr": config.lr_value}]
+    if graphed:
+        device = groups[0]["params"][0].device
+        for group in groups:
+            group["lr"] = torch.tensor(group["lr"], device=device)
+    if graphed:  # one fused kernel per step instead of a few per parameter tensor
+        return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True,
+                                 capturable=True)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def ppo_update(evaluate, samples: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def minibatch_loss(evaluate: Evaluate, minibatch: dict[str, torch.Tensor], weight: torch.Tensor,
+                   config: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped-surrogate PPO loss; ``weight`` 0 marks padding rows. Returns (loss, STATS)."""
+    log_prob, entropy, value = evaluate(minibatch)
+    w = weight / weight.sum()
+    advantage = minibatch["advantage"]
+    if config.center_advantages:
+        centred = advantage - (w * advantage).sum()
+        advantage = centred / ((w * centred.pow(2)).sum().sqrt() + 1e-8)
+    log_ratio = log_prob - minibatch["logp"]
+    ratio = log_ratio.exp()
+    surrogate = torch.min(ratio * advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * advantage)
+    policy_loss = -(w * surrogate).sum()
+    value_loss = 0.5 * (w * (value - minibatch["return"]).pow(2)).sum()
+    mean_entropy = (w * entropy).sum()
+    loss = policy_loss + value_loss - config.entropy_coef * mean_entropy
+    with torch.no_grad():
+        stats = torch.stack([loss, policy_loss, value_loss, mean_entropy,
+                             (w * ((ratio - 1) - log_ratio)).sum(),
+                             (w * ((ratio - 1).abs() > config.clip).float()).sum()])
+    return loss, stats
+
+
+def _minibatch_indices(num: int, config: PPOConfig, generator: torch.Generator):
+    """Per epoch, a permutation cut into minibatches; the last may be shorter."""
+    for _ in range(config.epochs):
+        order = torch.randperm(num, generator=generator)
+        for start in range(0, num, config.minibatch_size):
+            yield order[start:start + config.minibatch_size]
+
+
+def ppo_update(evaluate: Evaluate, samples: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                params: list[nn.Parameter], config: PPOConfig,
                generator: torch.Generator) -> dict[str, float]:
-    """``config.epochs`` passes of clipped-surrogate PPO over ``samples``.
+    """``config.epochs`` passes of PPO over ``samples`` (each [M, ...]; needs "logp",
+    "advantage", "return" and whatever ``evaluate`` reads), step by step (eager).
 
-    ``evaluate(indices)`` returns (log_prob, entropy, value) of those samples under the
-    current parameters; ``samples`` holds "logp", "advantage", "return" of shape [M].
     Raises FloatingPointError if the loss went non-finite (checked once per call to avoid
     a device sync per minibatch; the caller then keeps its last good checkpoint).
     """
-    num = samples["logp"].shape[0]
     device = samples["logp"].device
-    # statistics stay on the device: no host round trip per minibatch
-    stats = {k: torch.zeros((), device=device) for k in
-             ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")}
+    total = torch.zeros(len(STATS), device=device)
     updates = 0
-    for _ in range(config.epochs):
-        order = torch.randperm(num, generator=generator).to(device)
-        for start in range(0, num, config.minibatch_size):
-            idx = order[start:start + config.minibatch_size]
-            log_prob, entropy, value = evaluate(idx)
-            advantage = samples["advantage"][idx]
-            if config.center_advantages and len(idx) > 1:
-                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-            log_ratio = log_prob - samples["logp"][idx]
-            ratio = log_ratio.exp()
-            policy_loss = -torch.min(ratio * advantage,
-                                     ratio.clamp(1 - config.clip, 1 + config.clip) * advantage).mean()
-            value_loss = 0.5 * (value - samples["return"][idx]).pow(2).mean()
-            loss = policy_loss + value_loss - config.entropy_coef * entropy.mean()
-            optimizer.zero_grad(set_to_none=True)
+    for idx in _minibatch_indices(samples["logp"].shape[0], config, generator):
+        idx = idx.to(device)
+        minibatch = {key: value[idx] for key, value in samples.items()}
+        loss, stats = minibatch_loss(evaluate, minibatch, torch.ones(len(idx), device=device), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        total += stats
+        updates += 1
+    return _finish(total, updates, optimizer, config)
+
+
+def _finish(total: torch.Tensor, updates: int, optimizer, config: PPOConfig) -> dict[str, float]:
+    out = dict(zip(STATS, (total / max(updates, 1)).tolist()))
+    if not all(math.isfinite(v) for v in out.values()):
+        raise FloatingPointError(f"non-finite PPO loss: {out}")
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].mul_(config.lr_decay)  # in place: the graph reads this tensor
+        else:
+            group["lr"] *= config.lr_decay
+    return out
+
+
+class GraphedPPOUpdate:
+    """PPO minibatch steps replayed from one CUDA graph.
+
+    Samples are copied into static buffers of a fixed capacity (the most timesteps an
+    iteration can produce); each replay gathers one minibatch by index, so the last,
+    shorter minibatch of an epoch is padded with weight-0 rows. Capture runs warm-up steps,
+    which change the parameters and optimiser state: both are restored in place afterwards.
+    """
+
+    def __init__(self, evaluate: Evaluate, example: dict[str, torch.Tensor], capacity: int,
+                 optimizer: torch.optim.Optimizer, params: list[nn.Parameter], config: PPOConfig):
+        device = example["logp"].device
+        self.config, self.optimizer = config, optimizer
+        self.buffers = {k: torch.zeros((capacity, *v.shape[1:]), dtype=v.dtype, device=device)
+                        for k, v in example.items()}
+        size = config.minibatch_size
+        self.index = torch.zeros(size, dtype=torch.long, device=device)
+        self.weight = torch.ones(size, device=device)
+        self.total = torch.zeros(len(STATS), device=device)
+
+        def step():
+            minibatch = {k: v[self.index] for k, v in self.buffers.items()}
+            loss, stats = minibatch_loss(evaluate, minibatch, self.weight, config)
             loss.backward()
             if config.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            with torch.no_grad():
-                stats["loss"] += loss.detach()
-                stats["policy_loss"] += policy_loss.detach()
-                stats["value_loss"] += value_loss.detach()
-                stats["entropy"] += entropy.mean()
-                stats["approx_kl"] += ((ratio - 1) - log_ratio).mean()
-                stats["clip_fraction"] += ((ratio - 1).abs() > config.clip).float().mean()
-            updates += 1
-    out = {k: v.item() / max(updates, 1) for k, v in stats.items()}
-    if not all(math.isfinite(v) for v in out.values()):
-        raise FloatingPointError(f"non-finite PPO loss: {out}")
-    for group in optimizer.param_groups:
-        group["lr"] *= config.lr_decay
-    return out
+            self.total.add_(stats)
+
+        saved_params = [p.detach().clone() for p in params]
+        saved_state = copy.deepcopy(optimizer.state_dict()["state"])
+        self.buffers["logp"].zero_()  # warm-up data: finite, any values do
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                optimizer.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step()
+        with torch.no_grad():  # undo the warm-up steps, keeping every tensor's address
+            for param, saved in zip(params, saved_params):
+                param.copy_(saved)
+            for key, state in optimizer.state_dict()["state"].items():
+                for name, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        old = saved_state.get(key, {}).get(name)
+                        value.copy_(old if old is not None else torch.zeros_like(value))
+
+    def __call__(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        num = samples["logp"].shape[0]
+        if num > self.buffers["logp"].shape[0]:
+            raise ValueError(f"{num} samples exceed the graph's capacity {self.buffers['logp'].shape[0]}")
+        for key, buffer in self.buffers.items():
+            buffer[:num].copy_(samples[key])
+        size = self.config.minibatch_size
+        chunks, weights = [], []
+        for idx in _minibatch_indices(num, self.config, generator):
+            weight = torch.ones(size)
+            if len(idx) < size:  # pad with row 0 at weight 0
+                weight[len(idx):] = 0
+                idx = torch.cat([idx, torch.zeros(size - len(idx), dtype=idx.dtype)])
+            chunks.append(idx)
+            weights.append(weight)
+        device = self.index.device
+        all_index = torch.stack(chunks).to(device, non_blocking=True)
+        all_weight = torch.stack(weights).to(device, non_blocking=True)
+        self.total.zero_()
+        for i in range(len(chunks)):
+            self.index.copy_(all_index[i])
+            self.weight.copy_(all_weight[i])
+            self.graph.replay()
+        return _finish(self.total, len(chunks), self.optimizer, self.config)

@@ -34,6 +34,8 @@ from trmrl.utils import atomic_write_bytes, available_cpus, format_duration, git
 log = logging.getLogger("trmrl.train")
 
 PROGRESS_COLUMNS = ["env_steps", "wall_s", "split", "episode", "return", "success"]
+# settings that change how a run executes, not what it learns: a resume may change them
+OPERATIONAL_KEYS = ("steps", "num_workers", "checkpoint_every_s", "cuda_graphs")
 CHECKPOINT_FORMAT = 1
 
 
@@ -98,7 +100,7 @@ def _check_existing_run(run_dir: Path, spec: RunSpec) -> None:
                        f"seed={old_id[2]}, not agent={spec.agent} env={spec.env} "
                        f"seed={spec.seed}; use another --out")
     new_hp = cfg.to_dict(spec.hyperparameters)
-    changed = [k for k in new_hp if k != "steps" and old_hp.get(k) != new_hp[k]]
+    changed = [k for k in new_hp if k not in OPERATIONAL_KEYS and old_hp.get(k) != new_hp[k]]
     if changed:
         diffs = ", ".join(f"{k}: {old_hp.get(k)!r} -> {new_hp[k]!r}" for k in changed)
         raise RunError(f"{run_dir} was trained with other hyperparameters ({diffs}); "
@@ -215,9 +217,10 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         latest_test = checkpoint.get("latest_test")
         with open(progress_path, "r+b") as handle:  # drop rows written after the checkpoint
             handle.truncate(checkpoint["progress_bytes"])
-        if hp.steps != checkpoint["steps"]:
-            config = yaml.safe_load(config_path.read_text())
-            config["hyperparameters"]["steps"] = hp.steps
+        config = yaml.safe_load(config_path.read_text())
+        current = cfg.to_dict(hp)
+        if any(config["hyperparameters"].get(k) != current[k] for k in OPERATIONAL_KEYS):
+            config["hyperparameters"].update({k: current[k] for k in OPERATIONAL_KEYS})
             atomic_write_bytes(config_path, yaml.safe_dump(config, sort_keys=False).encode())
         log.info("resuming %s at env step %d of %d", run_dir, env_steps, hp.steps)
 

@@ -8,7 +8,11 @@ from pathlib import Path
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: the SLURM allocation or CPU affinity, not the whole node."""
+    """CPUs this process may use: OMP_NUM_THREADS if set, else the SLURM allocation or the
+    CPU affinity, never the whole node (jobs sharing a node must not oversubscribe it)."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if omp and omp.isdigit():
+        return max(1, int(omp))
     slurm = os.environ.get("SLURM_CPUS_PER_TASK")
     if slurm and slurm.isdigit():
         return max(1, int(slurm))

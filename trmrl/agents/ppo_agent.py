@@ -1,10 +1,10 @@
 """On-policy Gaussian agents trained with :mod:`trmrl.ppo` (TrMRL and the reference agents).
 
-A subclass supplies a model (``forward(inputs) -> (action mean, value)``, a ``log_std``
-parameter, and its policy/value parameter split) and two views of the same per-step inputs:
-``step_inputs`` while acting (updating its memory) and ``batch_inputs`` for a whole batch of
-trials when learning. The two must agree exactly; the tests check that the PPO ratio is 1
-before the first gradient step.
+A subclass supplies a model (``forward(inputs) -> (action mean, value)`` where ``inputs`` is
+a dict of tensors, a ``log_std`` parameter, and its policy/value parameter split) and two
+views of the same per-step inputs: ``step_inputs`` while acting (updating its memory) and
+``batch_inputs`` for a whole batch of trials when learning. The two must agree exactly; the
+tests check that the PPO ratio is 1 before the first gradient step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from trmrl.agents.base import Agent, IterationResult
-from trmrl.ppo import PPOConfig, gae, gaussian_entropy, gaussian_log_prob, make_optimizer, ppo_update
+from trmrl.ppo import (GraphedPPOUpdate, PPOConfig, gae, gaussian_entropy, gaussian_log_prob,
+                       make_optimizer, ppo_update)
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
 
 
@@ -40,8 +41,11 @@ class PPOAgent(Agent):
         super().__init__(config, suite, device, seed)
         torch.manual_seed(seed)  # parameter initialisation
         self.model = self.build_model().to(device)
+        self.graphed = device.type == "cuda" and config.cuda_graphs
         self.optimizer = make_optimizer(self.model.policy_parameters(),
-                                        self.model.value_parameters(), config)
+                                        self.model.value_parameters(), config, self.graphed)
+        self._graphed_update = None  # captured on the first update (after any resume)
+        self._graphed_forwards: dict[int, GraphedForward] = {}  # acting, one per batch size
         # one CPU generator for action noise and minibatch order: identical runs on CPU
         self.generator = torch.Generator().manual_seed(seed)
         self.record_memory = False  # evaluation sets it to collect episodic memories
@@ -50,28 +54,37 @@ class PPOAgent(Agent):
     def build_model(self) -> nn.Module: ...
 
     @abc.abstractmethod
-    def step_inputs(self, step: StepInput) -> torch.Tensor:
-        """Model inputs for this step (on ``self.device``); updates the memory."""
+    def step_inputs(self, step: StepInput) -> dict[str, torch.Tensor]:
+        """Model inputs for this step, each [N, ...] on ``self.device``; updates the memory."""
 
     @abc.abstractmethod
-    def batch_inputs(self, batch: TrialBatch) -> torch.Tensor:
-        """Model inputs for every step of the batch, shaped [N, T, ...] (on ``self.device``)."""
+    def batch_inputs(self, batch: TrialBatch) -> dict[str, torch.Tensor]:
+        """Model inputs for every step of the batch, each [N, T, ...] on ``self.device``."""
 
     # -- acting ---------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, step: StepInput, deterministic: bool = False) -> PolicyOutput:
-        mean, value = self.model(self.step_inputs(step))
-        log_std = self.model.log_std.expand_as(mean)
+        inputs = self.step_inputs(step)
+        if self.graphed:
+            rows = len(step.obs)
+            if rows not in self._graphed_forwards:
+                self._graphed_forwards[rows] = GraphedForward(self.model, inputs)
+            mean, value, memory = self._graphed_forwards[rows](inputs)
+        else:
+            mean, value = self.model(inputs)
+            memory = getattr(self.model, "last_memory", None)
+        # one device->host transfer per step; the noise and log-prob are cheap on the CPU
+        act_dim = mean.shape[1]
+        out = torch.cat([mean, self.model.log_std.expand_as(mean), value[:, None]], 1).cpu()
+        mean, log_std, value = out[:, :act_dim], out[:, act_dim:-1], out[:, -1]
         if deterministic:
             action = mean
         else:
-            noise = torch.randn(mean.shape, generator=self.generator).to(self.device)
-            action = mean + log_std.exp() * noise
-        logp = gaussian_log_prob(mean, log_std, action)
-        extras = {"logp": logp.cpu().numpy(), "value": value.cpu().numpy()}
-        if self.record_memory and hasattr(self.model, "last_memory"):
-            extras["memory"] = self.model.last_memory.cpu().numpy()
-        return PolicyOutput(action.cpu().numpy(), extras)
+            action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
+        extras = {"logp": gaussian_log_prob(mean, log_std, action).numpy(), "value": value.numpy()}
+        if self.record_memory and memory is not None:
+            extras["memory"] = memory.cpu().numpy()
+        return PolicyOutput(action.numpy(), extras)
 
     # -- learning -------------------------------------------------------------------------
     def train_iteration(self, sampler, tasks) -> IterationResult:
@@ -82,24 +95,31 @@ class PPOAgent(Agent):
         return IterationResult(batch.env_steps, batch.episode_return, batch.episode_success, metrics)
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
-        device = self.device
-        valid = torch.from_numpy(batch.valid).to(device)
-        reward = torch.from_numpy(batch.reward).to(device)
-        value = torch.from_numpy(batch.extras["value"]).to(device)
-        advantage, returns = gae(reward, value, valid, self.config.gamma, self.config.gae_lambda)
-        inputs = self.batch_inputs(batch)[valid]
-        samples = {"logp": torch.from_numpy(batch.extras["logp"]).to(device)[valid],
-                   "advantage": advantage[valid], "return": returns[valid],
-                   "action": torch.from_numpy(batch.action).to(device)[valid]}
+        advantage, returns = gae(batch.reward, batch.extras["value"], batch.valid,
+                                 self.config.gamma, self.config.gae_lambda)
+        valid = batch.valid
+        samples = {"logp": batch.extras["logp"][valid], "advantage": advantage[valid],
+                   "return": returns[valid], "action": batch.action[valid]}
+        samples = {k: to_device(v, self.device) for k, v in samples.items()}
+        mask = to_device(valid, self.device)
+        for key, value in self.batch_inputs(batch).items():
+            samples["input_" + key] = value[mask]
+        params = list(self.model.parameters())
+        if not self.graphed:
+            return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
+                              self.generator)
+        if self._graphed_update is None:
+            capacity = valid.size  # every step of every trial: the most an iteration yields
+            self._graphed_update = GraphedPPOUpdate(self.evaluate, samples, capacity,
+                                                    self.optimizer, params, self.config)
+        return self._graphed_update(samples, self.generator)
 
-        def evaluate(idx):
-            mean, value = self.model(inputs[idx])
-            log_std = self.model.log_std.expand_as(mean)
-            return (gaussian_log_prob(mean, log_std, samples["action"][idx]),
-                    gaussian_entropy(log_std), value)
-
-        return ppo_update(evaluate, samples, self.optimizer, list(self.model.parameters()),
-                          self.config, self.generator)
+    def evaluate(self, minibatch: dict[str, torch.Tensor]):
+        """(log-prob, entropy, value) of a minibatch of samples under the current model."""
+        inputs = {k[len("input_"):]: v for k, v in minibatch.items() if k.startswith("input_")}
+        mean, value = self.model(inputs)
+        log_std = self.model.log_std.expand_as(mean)
+        return gaussian_log_prob(mean, log_std, minibatch["action"]), gaussian_entropy(log_std), value
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -110,6 +130,45 @@ class PPOAgent(Agent):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        # a checkpoint may come from the other path (GPU graphs <-> eager): match this one
+        for group in self.optimizer.param_groups:
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=self.device) if self.graphed else lr
+            group["fused"] = self.graphed or None
+            group["capturable"] = self.graphed
+            for param in group["params"]:
+                step = self.optimizer.state.get(param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    self.optimizer.state[param]["step"] = (
+                        step.to(self.device, torch.float32) if self.graphed else step.cpu())
+        self._graphed_update = None
+
+
+class GraphedForward:
+    """The model's forward pass for a fixed batch size, replayed from a CUDA graph.
+
+    Parameters are updated in place by the optimiser and by ``load_state_dict``, so the
+    graph stays valid for the whole run.
+    """
+
+    def __init__(self, model: nn.Module, example: dict[str, torch.Tensor]):
+        self.inputs = {k: v.clone() for k, v in example.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):
+                model(self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.mean, self.value = model(self.inputs)
+            self.memory = getattr(model, "last_memory", None)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]):
+        for key, value in inputs.items():
+            self.inputs[key].copy_(value)
+        self.graph.replay()
+        return self.mean, self.value, self.memory
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:

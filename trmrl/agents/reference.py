@@ -31,7 +31,8 @@ class GaussianMLP(nn.Module):
         self.value = mlp([in_dim, *hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(init_std))))
 
-    def forward(self, x):
+    def forward(self, inputs):
+        x = inputs["x"]
         return self.policy(x), self.value(x).squeeze(-1)
 
     def policy_parameters(self):
@@ -59,10 +60,10 @@ class MemorylessAgent(PPOAgent):
         pass  # no memory
 
     def step_inputs(self, step):
-        return to_device(step.obs, self.device)
+        return {"x": to_device(step.obs, self.device)}
 
     def batch_inputs(self, batch):
-        return to_device(batch.obs, self.device)
+        return {"x": to_device(batch.obs, self.device)}
 
 
 class OracleAgent(MemorylessAgent):
@@ -75,9 +76,9 @@ class OracleAgent(MemorylessAgent):
         return self.suite.observation_dim + len(self.suite.task_features(probe))
 
     def step_inputs(self, step):
-        return to_device(np.concatenate([step.obs, step.task_features], -1), self.device)
+        return {"x": to_device(np.concatenate([step.obs, step.task_features], -1), self.device)}
 
     def batch_inputs(self, batch):
         features = np.broadcast_to(batch.task_features[:, None],
                                    (*batch.obs.shape[:2], batch.task_features.shape[-1]))
-        return to_device(np.concatenate([batch.obs, features], -1), self.device)
+        return {"x": to_device(np.concatenate([batch.obs, features], -1), self.device)}

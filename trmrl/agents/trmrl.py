@@ -136,8 +136,8 @@ class TrMRLModel(nn.Module):
     def episodic_memory(self, windows, filled):
         return self.policy_encoder(windows, filled)
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]):
-        windows, filled = inputs
+    def forward(self, inputs: dict[str, torch.Tensor]):
+        windows, filled = inputs["windows"], inputs["filled"]
         memory = self.policy_encoder(windows, filled)
         self.last_memory = memory.detach()  # the episodic memory, for latent maps
         value_memory = memory if self.value_encoder is None else self.value_encoder(windows, filled)
@@ -149,19 +149,6 @@ class TrMRLModel(nn.Module):
     def value_parameters(self):
         encoder = [] if self.value_encoder is None else list(self.value_encoder.parameters())
         return [*encoder, *self.value.parameters()]
-
-
-class _Windows:
-    """A (windows, filled) pair that indexes like one tensor, so PPO can slice minibatches."""
-
-    def __init__(self, windows: torch.Tensor, filled: torch.Tensor):
-        self.windows, self.filled = windows, filled
-
-    def __getitem__(self, index):
-        return _Windows(self.windows[index], self.filled[index])
-
-    def __iter__(self):
-        return iter((self.windows, self.filled))
 
 
 class TrMRLAgent(PPOAgent):
@@ -188,7 +175,7 @@ class TrMRLAgent(PPOAgent):
             self.filled &= ~start[:, None]
         self.window = torch.cat([self.window[:, 1:], memory[:, None]], 1)
         self.filled = torch.cat([self.filled[:, 1:], torch.ones_like(self.filled[:, :1])], 1)
-        return _Windows(self.window, self.filled)
+        return {"windows": self.window, "filled": self.filled}
 
     # -- the same windows for a whole batch ---------------------------------------------------
     def batch_inputs(self, batch: TrialBatch):
@@ -201,4 +188,4 @@ class TrMRLAgent(PPOAgent):
             filled = padded >= 0
         else:
             filled = padded == episode[..., None]
-        return _Windows(windows, filled)
+        return {"windows": windows, "filled": filled}

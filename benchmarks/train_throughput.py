@@ -1,0 +1,65 @@
+"""End-to-end training throughput of an agent with its paper config (issue: performance).
+
+Prints env steps/s of whole learning iterations, split into sampling (env + acting) and the
+PPO update, and the wall time this implies for the paper budget. Example:
+
+    python benchmarks/train_throughput.py --agent trmrl --env cheetah-vel --device cuda
+    python benchmarks/train_throughput.py --device cuda --set cuda_graphs=false   # eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from trmrl import config as cfg
+from trmrl.sampling import TrialSampler
+from trmrl.train import build_agent, resolve
+from trmrl.utils import available_cpus, format_duration
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agent", default="trmrl")
+    parser.add_argument("--env", default="cheetah-vel")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    torch.set_num_threads(available_cpus())
+    spec = resolve(args.agent, args.env, 0, device=args.device, overrides=cfg.parse_overrides(args.set))
+    hp = spec.hyperparameters
+    agent = build_agent(spec)
+    sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
+                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers)
+    rng = np.random.default_rng(0)
+    sample_s = update_s = steps = 0.0
+    for iteration in range(args.iterations + 1):
+        tasks = agent.suite.sample_tasks(rng, hp.trials_per_update)
+        t0 = time.perf_counter()
+        batch = sampler.run(agent, tasks)
+        t1 = time.perf_counter()
+        agent.update(batch)
+        if spec.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        if iteration > 0:  # the first iteration pays for warm-up and graph capture
+            sample_s, update_s, steps = sample_s + t1 - t0, update_s + t2 - t1, steps + batch.env_steps
+    sampler.close()
+    total = sample_s + update_s
+    rate = steps / total
+    device = torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"{available_cpus()} CPU threads"
+    print(f"{args.agent} on {args.env}, {device}, graphs={getattr(hp, 'cuda_graphs', None)}, "
+          f"workers={hp.num_workers}, {hp.trials_per_update} trials/update")
+    print(f"  {rate:,.0f} env steps/s end to end ({steps:,.0f} steps in {total:.2f} s)")
+    print(f"  sampling {steps / sample_s:,.0f} steps/s ({100 * sample_s / total:.0f}% of the time), "
+          f"update {100 * update_s / total:.0f}%")
+    print(f"  paper budget {hp.steps:,} steps -> {format_duration(hp.steps / rate)}")
+
+
+if __name__ == "__main__":
+    main()
