@@ -201,3 +201,16 @@ def test_tiny_training_run_improves_a_learnable_task():
             returns.append(agent.train_iteration(sampler, target).episode_return.mean())
     assert np.mean(returns[:3]) < -1.0  # about 5 * (0.6^2 + 0.25) per episode
     assert np.mean(returns[-3:]) > 0.5 * np.mean(returns[:3])
+
+
+def test_running_normalizer_matches_batch_moments():
+    from trmrl.agents.reference import RunningNormalizer
+    rng = np.random.default_rng(0)
+    data = rng.normal(5.0, 3.0, size=(1000, 4))
+    norm = RunningNormalizer(4)
+    for chunk in np.array_split(data, 7):
+        norm.update(torch.from_numpy(chunk))
+    np.testing.assert_allclose(norm.mean.numpy(), data.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(norm.var.numpy(), data.var(0), rtol=1e-10)
+    scaled = norm(torch.from_numpy(data).float())
+    assert abs(scaled.mean().item()) < 1e-3 and abs(scaled.std().item() - 1) < 1e-2

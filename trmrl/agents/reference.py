@@ -22,17 +22,54 @@ from trmrl.ppo import PPOConfig
 class ReferenceConfig(PPOConfig):
     hidden: tuple[int, ...] = (64, 64)  # tanh MLP sizes of policy and value
     init_std: float = 0.5  # initial action standard deviation
+    normalize_observations: bool = True  # running mean/std scaling of observations
+
+
+class RunningNormalizer(nn.Module):
+    """Observation scaling by running mean and variance, updated once per training batch.
+
+    Without it a tanh MLP saturates on inputs such as HalfCheetah's absolute torso x (up to
+    ~30 m in an episode), and the oracle fails to bound the memory-based agents from above.
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Merge the moments of ``x`` [M, dim] (Chan et al.'s parallel update)."""
+        x = x.to(torch.float64)
+        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = mean - self.mean
+        self.var.copy_((self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = (x - self.mean.float()) / (self.var.float() + 1e-8).sqrt()
+        return scaled.clamp(-self.clip, self.clip)
 
 
 class GaussianMLP(nn.Module):
-    def __init__(self, in_dim: int, act_dim: int, hidden: tuple[int, ...], init_std: float):
+    def __init__(self, in_dim: int, act_dim: int, hidden: tuple[int, ...], init_std: float,
+                 obs_dim: int = 0, normalize: bool = False):
         super().__init__()
+        # scales the first obs_dim inputs (the observation); task features pass unchanged
+        self.normalizer = RunningNormalizer(obs_dim) if normalize else None
         self.policy = mlp([in_dim, *hidden, act_dim], out_gain=0.01)
         self.value = mlp([in_dim, *hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(init_std))))
 
     def forward(self, inputs):
         x = inputs["x"]
+        if self.normalizer is not None:
+            obs_dim = self.normalizer.mean.shape[0]
+            x = torch.cat([self.normalizer(x[..., :obs_dim]), x[..., obs_dim:]], -1)
         return self.policy(x), self.value(x).squeeze(-1)
 
     def policy_parameters(self):
@@ -51,7 +88,16 @@ class MemorylessAgent(PPOAgent):
 
     def build_model(self):
         return GaussianMLP(self.input_dim(), self.suite.action_dim, self.config.hidden,
-                           self.config.init_std)
+                           self.config.init_std, self.suite.observation_dim,
+                           self.config.normalize_observations)
+
+    def update(self, batch):
+        # statistics move between iterations only, so acting and learning in one
+        # iteration see identically scaled inputs (the PPO ratio starts at 1)
+        metrics = super().update(batch)
+        if self.model.normalizer is not None:
+            self.model.normalizer.update(to_device(batch.obs[batch.valid], self.device))
+        return metrics
 
     def input_dim(self) -> int:
         return self.suite.observation_dim
