@@ -144,3 +144,23 @@ def test_task_of_another_env_is_rejected():
     other = suite.tasks("test", 0, 1)[0].__class__("cheetah-vel", "test", 0, {})
     with TrialSampler(suite, num_envs=1) as sampler, pytest.raises(SuiteError, match="cheetah-vel"):
         sampler.run(counting_policy(), [other])
+
+
+@pytest.mark.parametrize("env_name", [
+    "cheetah-vel", "cheetah-dir", "ant-dir", "ant-goal", "humanoid-dir", "walker-params",
+    "hopper-params", "ml1-reach", "ml1-push", "ml1-pick-place", "ml10",
+    pytest.param("ml45", marks=pytest.mark.slow)])
+def test_every_suite_runs_one_full_trial(env_name):
+    from trmrl.envs import make_suite
+    suite = make_suite(env_name)
+    _, act_space = suite.spaces()
+    with TrialSampler(suite, num_envs=1, seed=0) as sampler:
+        batch = sampler.run(RandomPolicy(act_space.low, act_space.high), suite.eval_tasks("test", 0, 1))
+    K, H = suite.episodes_per_trial, suite.horizon
+    assert batch.obs.shape == (1, K * H, suite.observation_dim)
+    assert (batch.episode_length > 0).all() and (batch.episode_length <= H).all()
+    assert batch.episode_start.sum() == K and np.isfinite(batch.reward[batch.valid]).all()
+    if suite.has_success:
+        assert set(np.unique(batch.episode_success)) <= {0.0, 1.0}
+    else:
+        assert np.isnan(batch.episode_success).all()
