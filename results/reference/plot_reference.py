@@ -17,10 +17,10 @@ RUNS = HERE / "runs" / "cheetah-vel"
 LABELS = {  # run directory -> legend
     "trmrl": "TrMRL, paper config (diverged at 4.6M)",
     "trmrl--clip1": "TrMRL, resumed at 4.5M with grad-norm clip 1.0",
-    "oracle": "oracle (observations normalised)",
-    "memoryless": "memoryless (observations normalised)",
-    "oracle--raw-obs": "oracle, raw observations",
-    "memoryless--raw-obs": "memoryless, raw observations",
+    "oracle": "oracle",
+    "memoryless": "memoryless",
+    "oracle--normalized-obs": "oracle, observations normalised (stopped at 1.8M)",
+    "memoryless--normalized-obs": "memoryless, observations normalised (stopped at 1.8M)",
 }
 
 

@@ -22,14 +22,14 @@ from trmrl.ppo import PPOConfig
 class ReferenceConfig(PPOConfig):
     hidden: tuple[int, ...] = (64, 64)  # tanh MLP sizes of policy and value
     init_std: float = 0.5  # initial action standard deviation
-    normalize_observations: bool = True  # running mean/std scaling of observations
+    normalize_observations: bool = False  # scale observations by a running mean/std
 
 
 class RunningNormalizer(nn.Module):
     """Observation scaling by running mean and variance, updated once per training batch.
 
-    Without it a tanh MLP saturates on inputs such as HalfCheetah's absolute torso x (up to
-    ~30 m in an episode), and the oracle fails to bound the memory-based agents from above.
+    An option for inputs of very different scales, e.g. HalfCheetah's absolute torso x (up
+    to ~30 m in an episode) next to joint angles.
     """
 
     def __init__(self, dim: int, clip: float = 10.0):
