@@ -188,3 +188,23 @@ def test_evaluate_saves_episodic_memories(tmp_path):
     assert data["memory"].shape == (20 * 6 * 2, 16)
     assert set(data["step"]) == {0, 10} and set(data["episode"]) == set(range(6))
     assert len(data["task_param"]) == len(data["memory"])
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=80)) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["agent_state"]["model"].pop("log_std")  # as if written by another version
+    torch.save(state, run / "checkpoint.pt")
+    one_line_error(capsys, ["evaluate", "--run", str(run), "--protocol", "adaptation", "--out",
+                            str(tmp_path / "a.csv"), "--device", "cpu"], "does not fit")
+    one_line_error(capsys, train_args(run, steps=160), "does not fit")
+
+
+def test_evaluate_task_and_episode_counts(tmp_path):
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=80)) == 0
+    out = tmp_path / "a.csv"
+    assert main(["evaluate", "--run", str(run), "--protocol", "adaptation", "--out", str(out),
+                 "--device", "cpu", "--tasks", "3", "--episodes", "2"]) == 0
+    assert len(rows(out)) == 1 + 3 * 2

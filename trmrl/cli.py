@@ -162,7 +162,8 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from trmrl.evaluate import evaluate
 
-    returns = evaluate(args.run, args.protocol, args.out, args.device, latents=args.latents)
+    returns = evaluate(args.run, args.protocol, args.out, args.device, episodes=args.episodes,
+                       num_tasks=args.tasks, latents=args.latents)
     means = returns.mean(0)
     print(f"{args.protocol}: mean return per episode over {returns.shape[0]} tasks: "
           + ", ".join(f"{m:.1f}" for m in means) + f" -> {args.out}")
@@ -220,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                           type=_choice("protocol", ("adaptation", "ood")))
     evaluate.add_argument("--out", required=True, metavar="FILE.csv")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--tasks", type=_positive_integer("tasks"), default=20,
+                          help="held-out tasks (default 20, the paper's protocol)")
+    evaluate.add_argument("--episodes", type=_positive_integer("episodes"), default=6,
+                          help="consecutive episodes per task, memory kept (default 6)")
     evaluate.add_argument("--latents", default=None, metavar="FILE.npz",
                           help="also save the agent's episodic memories (latent maps)")
     evaluate.set_defaults(func=cmd_evaluate)

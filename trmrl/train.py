@@ -200,6 +200,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     task_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7]))
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        _restore_agent(agent, checkpoint, checkpoint_path)
     if checkpoint is None:
         atomic_write_bytes(config_path, yaml.safe_dump(spec.to_yaml(), sort_keys=False).encode())
         env_steps, iteration, wall_offset, next_eval = 0, 0, 0.0, 0
@@ -209,7 +211,6 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         log.info("training %s on %s, seed %d, %d env steps, device %s -> %s",
                  spec.agent, spec.env, spec.seed, hp.steps, spec.device, run_dir)
     else:
-        agent.load_state_dict(checkpoint["agent_state"])
         task_rng.bit_generator.state = checkpoint["task_rng"]
         sampler.calls = checkpoint["sampler_calls"]
         env_steps, iteration = checkpoint["env_steps"], checkpoint["iteration"]
@@ -299,8 +300,17 @@ def load_run(run_dir: Path | str, device: str = "auto") -> tuple[RunSpec, Agent]
         raise RunError(f"{run_dir} has no checkpoint.pt: train it first")
     state = _load_checkpoint(checkpoint_path, spec)
     agent = build_agent(spec)
-    agent.load_state_dict(state["agent_state"])
+    _restore_agent(agent, state, checkpoint_path)
     return spec, agent
+
+
+def _restore_agent(agent: Agent, state: dict[str, Any], path: Path) -> None:
+    try:
+        agent.load_state_dict(state["agent_state"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise RunError(f"checkpoint {path} does not fit the agent {agent.name!r} of this "
+                       f"trmrl version ({first}); it was written by another version") from None
 
 
 __all__ = ["PROGRESS_COLUMNS", "RunError", "RunSpec", "TrainingDiverged", "load_run", "resolve",

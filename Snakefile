@@ -1,0 +1,69 @@
+"""trmrl-bench: train every agent x env x seed, evaluate, aggregate, render the paper's figures.
+
+    snakemake --cores 2 --configfile config/quick.yaml   # the README's main job (minutes)
+    snakemake -n                                          # the paper grid: what would run
+
+(`all` is the default target; a target goes before --configfile, which takes several files.)
+
+Rules live in workflow/rules/, scripts in workflow/scripts/; see workflow/README-section.md.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A config file given with --configfile replaces the paper grid. (Snakemake would otherwise
+# merge the two, and e.g. the paper's ablation studies would leak into the quick preset.)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+# validates the config against workflow/schemas/config.schema.yaml (filling its defaults),
+# then plans the runs: agent x env x seed, plus ablation variants
+include: "workflow/rules/common.smk"
+
+
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+localrules:
+    all,
+    runs,
+    figures,
+    tables,
+    config_snapshot,
+    report,
+
+
+rule all:
+    default_target: True
+    input:
+        FIGURE_FILES,
+        TABLE_FILES,
+        f"{RESULTS}/report.html",
+
+
+# train and evaluate every run, nothing else (allow_partial does not apply)
+rule runs:
+    input:
+        run_files(ALL_RUNS, "train.done"),
+        run_files(MAIN_RUNS, "eval/adaptation.csv"),
+        run_files(OOD_RUNS, "eval/ood.csv"),
+
+
+rule figures:
+    input:
+        FIGURE_FILES,
+
+
+rule tables:
+    input:
+        TABLE_FILES,

@@ -1,0 +1,581 @@
+"""The Snakemake workflow (issue 4): plans and job counts, config rejections, the statistics
+and figure scripts on fixture runs, rerun semantics, resuming an interrupted run, and the
+quick preset end to end at CI scale.
+
+Snakemake runs in a subprocess, on a temporary copy of the workflow or with --directory in a
+temporary folder, so the tests never touch the checkout's results/ or .snakemake/.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "workflow" / "scripts"
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "environment.yml"]
+
+# The quick preset at CI scale: one iteration per run, one seed for the ablations (a second
+# config file merges into the first, nested keys included; `--config` cannot nest numbers)
+CI_OVERRIDES = {"experiment": "ci", "steps": 3200, "ablations": {"seeds": [0]},
+                "hyperparameters": {"all": {"default": {"eval_tasks": 4}}}}
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` in ``workdir`` (a copy of the workflow, or any folder with -s)."""
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, check=False,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dry_run(workdir: Path, *args: str) -> dict[str, int]:
+    """Job counts of `snakemake -n`: {rule: count} (empty when nothing is to be done)."""
+    result = snakemake(workdir, "-n", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return job_counts(result.stdout + result.stderr)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def paper_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+# ---------------------------------------------------------------------------------------
+# plans: job counts of the shipped configs (dry runs, seconds each)
+# ---------------------------------------------------------------------------------------
+PAPER_COUNTS = {
+    # 3 agents x 6 envs x 3 seeds, plus 11 ablation variants x 3 seeds (the 4 grid points
+    # that equal the main run reuse it: T-Fixup without LayerNorm, 4 layers, wm 5, 16 heads)
+    "train": 54 + 33,
+    "evaluate_adaptation": 54,
+    "evaluate_ood": 2 * 3 * 3,  # cheetah-vel and ant-dir have an ood split
+    "aggregate_training_curves": 1, "aggregate_adaptation": 1, "aggregate_ood": 1,
+    "aggregate_ablations": 1, "aggregate_scores": 1,
+    "figure_training_curves": 1, "figure_adaptation": 1, "figure_ood": 1,
+    "figure_ablations": 1, "figure_latent_map": 1, "figure_aggregate": 1,
+    "config_snapshot": 1, "report": 1, "all": 1,
+}
+
+
+def test_paper_grid_lists_exact_job_counts_in_seconds(tmp_path):
+    started = time.perf_counter()
+    counts = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile",
+                     str(REPO / "config" / "config.yaml"))
+    elapsed = time.perf_counter() - started
+    assert counts == PAPER_COUNTS
+    assert sum(counts.values()) == 173
+    assert elapsed < 30, f"dry run took {elapsed:.1f} s"
+    assert not (tmp_path / "results").exists()
+
+
+def test_extended_grid_adds_six_envs(tmp_path):
+    counts = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile",
+                     str(REPO / "config" / "extended.yaml"))
+    assert counts["train"] == 3 * 12 * 3 + 33
+    assert counts["evaluate_adaptation"] == 3 * 12 * 3
+    # ood splits: cheetah-vel, ant-dir, ant-goal, walker-params, hopper-params
+    assert counts["evaluate_ood"] == 5 * 3 * 3
+
+
+def test_ablation_variants_have_their_own_run_directories(tmp_path):
+    result = snakemake(tmp_path, "-n", "runs", "-s", str(REPO / "Snakefile"), "--configfile",
+                       str(REPO / "config" / "config.yaml"))
+    dirs = set(re.findall(r"runs/cheetah-vel/(trmrl[^/]*)/seed0/train\.done", result.stdout))
+    assert dirs == {
+        "trmrl", "trmrl--tfixup-layernorm", "trmrl--no-tfixup-no-layernorm",
+        "trmrl--no-tfixup-layernorm", "trmrl--layers-1", "trmrl--layers-2", "trmrl--layers-8",
+        "trmrl--wm_size-1", "trmrl--wm_size-25", "trmrl--wm_size-50", "trmrl--heads-1",
+        "trmrl--heads-4"}
+    # the variant's hyperparameters reach `trmrl train` as --set
+    assert re.search(r"--out results/paper/runs/cheetah-vel/trmrl--layers-2/seed0 .*"
+                     r"--set layers=2", result.stdout)
+
+
+def test_a_new_agent_is_one_line_of_config(tmp_path):
+    """rl2 is a design name: the schema accepts it, the workflow names what is implemented."""
+    config = paper_config()
+    config["agents"].append("rl2")
+    result = snakemake(tmp_path, "-n", "-s", str(REPO / "Snakefile"), "--configfile",
+                       str(write_config(tmp_path / "c.yaml", config)))
+    assert result.returncode != 0
+    assert ("invalid config at `agents.3`: agent 'rl2' is not implemented yet; available "
+            "agents: trmrl, oracle, memoryless") in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# bad config: rejected before any job, naming the key path and what is allowed
+# ---------------------------------------------------------------------------------------
+REJECTIONS = [
+    ({"stpes": {"cheetah-vel": 100}}, ("invalid config: Additional properties are not allowed "
+                                       "('stpes' was unexpected); valid keys: experiment, "
+                                       "agents, envs, seeds, steps")),
+    ({"resources": {"train": {"memory": 4}}}, "at `resources.train`: Additional properties"),
+    ({"agents": ["trmrl", "transformer"]}, ("at `agents.1`: 'transformer' is not one of "
+                                            "['trmrl', 'rl2', 'maml', 'pearl', 'varibad', "
+                                            "'oracle', 'memoryless']")),
+    ({"envs": ["cheetah-vel", "cheetah-speed"]}, ("at `envs.1`: 'cheetah-speed' is not one "
+                                                  "of ['cheetah-vel', 'cheetah-dir'")),
+    ({"steps": {"cheetah-vel": -5}}, "at `steps.cheetah-vel`: -5 is less than the minimum of 1"),
+    ({"steps": {"cheetah-speed": 5}}, "at `steps`: 'cheetah-speed' is not one of"),
+    ({"seeds": [0, "one"]}, "at `seeds.1`: 'one' is not of type 'integer'"),
+    ({"allow_partial": "yes"}, "at `allow_partial`: 'yes' is not of type 'boolean'"),
+    ({"train_revision": -1}, "at `train_revision`: -1 is less than the minimum of 0"),
+    ({"device": "tpu"}, "at `device`: 'tpu' does not match"),
+    ({"hyperparameters": {"trmrl": {"default": {"layer": 2}}}},
+     "at `hyperparameters.trmrl.default.layer`: trmrl has no hyperparameter 'layer'; valid:"),
+    ({"hyperparameters": {"all": {"cheetah-vel": {"lr_policy": "1e-4"}}}},
+     "at `hyperparameters.all.cheetah-vel.lr_policy`: '1e-4' is not a valid lr_policy"),
+    ({"hyperparameters": {"trmrl": {"default": {"steps": 5}}}}, "top-level `steps:`"),
+    ({"ablations": {"studies": {"depth": {"layers": [1, "two"]}}}},
+     "at `ablations.studies.depth.layers`: 'two' is not a valid layers"),
+]
+
+
+@pytest.mark.parametrize("change, message", REJECTIONS,
+                         ids=[f"{i}-{next(iter(change))}"
+                              for i, (change, _) in enumerate(REJECTIONS)])
+def test_bad_config_is_rejected_before_any_job(tmp_path, change, message):
+    config = paper_config()
+    for key, value in change.items():
+        config[key] = value
+    result = snakemake(tmp_path, "-n", "-s", str(REPO / "Snakefile"), "--configfile",
+                       str(write_config(tmp_path / "bad.yaml", config)))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-2000:]
+    assert "Job stats" not in output
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# statistics and figures on fixture runs (no training: the scripts' own functions)
+# ---------------------------------------------------------------------------------------
+ENV_INFO = {
+    "cheetah-vel": {"name": "cheetah-vel", "success_metric": False,
+                    "splits": ["train", "test", "ood"], "task_param": "target velocity (m/s)"},
+    "ml1-reach": {"name": "ml1-reach", "success_metric": True, "splits": ["train", "test"],
+                  "task_param": "index of the goal within its class"},
+}
+AGENT_LEVEL = {"trmrl": 0.8, "oracle": 1.0, "memoryless": 0.0}
+STATISTICS = {"confidence_level": 0.95, "bootstrap_resamples": 500, "seed": 0}
+
+
+@pytest.fixture
+def scripts_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    for name in list(sys.modules):  # fresh imports for every test
+        if name in {"analysis", "plotting"} or name.startswith(("aggregate_", "figure_")):
+            del sys.modules[name]
+
+
+def fake_run(root: Path, agent: str, env: str, seed: int, steps: int = 1000,
+             variant: str = "", finished: bool = True) -> dict:
+    """A run directory as `trmrl train` + `trmrl evaluate` leave it, with made-up scores:
+    each agent learns towards its level (oracle 1, memoryless 0), plus seed noise."""
+    agent_dir = f"{agent}--{variant}" if variant else agent
+    path = root / "runs" / env / agent_dir / f"seed{seed}"
+    (path / "eval").mkdir(parents=True)
+    rng = np.random.default_rng([seed, len(agent), len(variant)])
+    level = AGENT_LEVEL[agent] + (0.2 if variant else 0.0)
+    success = ENV_INFO[env]["success_metric"]
+    (path / "config.yaml").write_text(yaml.safe_dump(
+        {"agent": agent, "env": env, "seed": seed,
+         "hyperparameters": {"steps": steps, "eval_every": 250}}))
+    with open(path / "progress.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["env_steps", "wall_s", "split", "episode", "return", "success"])
+        # evaluations land just after the nominal points (iterations of 80 steps)
+        for env_steps in ([0, 320, 560, 800, 1040] if finished else [0, 320]):
+            for episode in range(2):
+                score = level * min(env_steps, steps) / steps + 0.05 * rng.normal()
+                writer.writerow([env_steps, 1.0, "test", episode, round(100 * score - 100, 3),
+                                 int(rng.random() < np.clip(score, 0, 1)) if success else ""])
+    for protocol in ["adaptation", "ood"] if "ood" in ENV_INFO[env]["splits"] else ["adaptation"]:
+        rows = [["task", "task_param", "episode", "return", "success"]]
+        for task in range(20):
+            param = (3 if protocol == "ood" else 0) + task / 20
+            for episode in range(6):
+                score = level * (0.5 + episode / 10) + 0.05 * rng.normal()
+                rows.append([task, param, episode, round(100 * score - 10 * param, 3),
+                             int(rng.random() < np.clip(score, 0, 1)) if success else ""])
+        with open(path / "eval" / f"{protocol}.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+    memory = rng.normal(size=(60, 8)) if agent == "trmrl" else np.zeros((0, 0))
+    np.savez(path / "eval" / "latents.npz", memory=memory,
+             task_param=np.repeat(np.arange(20) / 20, 3)[: len(memory)])
+    return {"agent": agent, "env": env, "seed": seed, "variant": variant, "path": str(path),
+            "name": f"{env}/{agent_dir}/seed{seed}"}
+
+
+def job(tmp_path, name, inputs=None, outputs=None, params=None):
+    """A stand-in for the `snakemake` object that `script:` injects."""
+    return SimpleNamespace(input=SimpleNamespace(**(inputs or {})),
+                           output=SimpleNamespace(**(outputs or {})),
+                           params=SimpleNamespace(**(params or {})),
+                           log=[str(tmp_path / f"{name}.log")])
+
+
+def analysis(allow_partial=False):
+    return {"statistics": STATISTICS, "allow_partial": allow_partial, "envs": ENV_INFO,
+            "agents": ["trmrl", "oracle", "memoryless"]}
+
+
+@pytest.fixture
+def fixture_tables(tmp_path, scripts_on_path):
+    """Tables of the aggregate scripts over 3 agents x 2 envs x 3 seeds of fixture runs."""
+    import aggregate_ablations
+    import aggregate_evaluations
+    import aggregate_scores
+    import aggregate_training_curves
+
+    runs = [fake_run(tmp_path, a, e, s) for a in AGENT_LEVEL for e in ENV_INFO for s in range(3)]
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    t = {name: str(tables / f"{name}.csv") for name in [
+        "curves_by_seed", "curves", "adaptation_by_task", "adaptation", "ood_by_task", "ood",
+        "ablations_by_seed", "ablations", "normalized", "aggregate", "improvement"]}
+    aggregate_training_curves.main(job(tmp_path, "curves", outputs={
+        "by_seed": t["curves_by_seed"], "summary": t["curves"]},
+        params={"runs": runs, "missing": [], "analysis": analysis()}))
+    for protocol in ["adaptation", "ood"]:
+        mine = [r for r in runs if protocol == "adaptation" or r["env"] == "cheetah-vel"]
+        aggregate_evaluations.main(job(tmp_path, protocol, outputs={
+            "by_task": t[f"{protocol}_by_task"], "summary": t[protocol]},
+            params={"protocol": protocol, "runs": mine, "missing": [], "analysis": analysis()}))
+    main_trmrl = [r for r in runs if r["agent"] == "trmrl" and r["env"] == "cheetah-vel"]
+    points = [{"study": "layers", "variant": "layers-1", "values": {"layers": 1},
+               "default": True, "runs": main_trmrl},
+              {"study": "layers", "variant": "layers-2", "values": {"layers": 2}, "default": False,
+               "runs": [fake_run(tmp_path, "trmrl", "cheetah-vel", s, variant="layers-2")
+                        for s in range(3)]}]
+    aggregate_ablations.main(job(tmp_path, "ablations", outputs={
+        "by_seed": t["ablations_by_seed"], "summary": t["ablations"]},
+        params={"points": points, "missing": [], "analysis": analysis()}))
+    aggregate_scores.main(job(tmp_path, "scores", inputs={"curves": t["curves_by_seed"]},
+                              outputs={"normalized": t["normalized"], "aggregate": t["aggregate"],
+                                       "improvement": t["improvement"]},
+                              params={"analysis": analysis()}))
+    return SimpleNamespace(tables={k: pd.read_csv(v) for k, v in t.items()}, paths=t, runs=runs)
+
+
+def test_tables_follow_the_design_schemas(fixture_tables):
+    tables = fixture_tables.tables
+    summary = ["n", "mean", "ci_low", "ci_high", "iqm"]
+    assert list(tables["curves_by_seed"].columns) == ["agent", "env", "seed", "env_steps",
+                                                      "metric", "value"]
+    assert list(tables["curves"].columns) == ["agent", "env", "env_steps", "metric", *summary]
+    assert list(tables["adaptation_by_task"].columns)[:8] == [
+        "agent", "env", "seed", "task", "task_param", "episode", "return", "success"]
+    assert list(tables["adaptation"].columns) == ["agent", "env", "episode", "metric", *summary]
+    curves = tables["curves"]
+    # evaluations at 320, 560, ... are interpolated onto the nominal grid 0, 250, ..., 1000
+    assert sorted(curves["env_steps"].unique()) == [0, 250, 500, 750, 1000]
+    assert (curves["n"] == 3).all()
+    assert (curves["ci_low"] <= curves["mean"] + 1e-9).all()
+    assert (curves["mean"] <= curves["ci_high"] + 1e-9).all()
+    assert set(curves.loc[curves["env"] == "ml1-reach", "metric"]) == {"success_rate"}
+    reach = curves[curves["env"] == "ml1-reach"]
+    assert reach["mean"].between(0, 1).all()
+    assert set(tables["ood"]["env"]) == {"cheetah-vel"}
+    assert set(tables["ablations"]["variant"]) == {"layers-1", "layers-2"}
+
+
+def test_normalised_scores_iqm_and_probability_of_improvement(fixture_tables):
+    tables = fixture_tables.tables
+    normalized = tables["normalized"]
+    by_agent = normalized.groupby(["env", "agent"])["normalized"].mean()
+    for env in ENV_INFO:
+        assert by_agent[(env, "oracle")] == pytest.approx(1.0)
+        assert by_agent[(env, "memoryless")] == pytest.approx(0.0)
+    aggregate = tables["aggregate"].set_index("agent")
+    assert list(aggregate.columns) == ["n_envs", "n_runs", "iqm", "iqm_ci_low", "iqm_ci_high",
+                                       "mean", "ci_low", "ci_high"]
+    assert (aggregate["n_runs"] == 6).all()
+    assert (aggregate["iqm_ci_low"] <= aggregate["iqm"]).all()
+    assert (aggregate["iqm"] <= aggregate["iqm_ci_high"]).all()
+    improvement = tables["improvement"].set_index(["agent_x", "agent_y"])
+    assert improvement.loc[("oracle", "memoryless"), "probability"] == pytest.approx(1.0)
+    assert improvement.loc[("memoryless", "oracle"), "probability"] == pytest.approx(0.0)
+    assert len(improvement) == 6
+
+
+def test_statistics_match_scipy_and_handle_few_seeds(scripts_on_path):
+    import analysis as stats_module
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    scores = [rng.normal(size=5), rng.normal(size=5) + 1]
+    point, low, high = stats_module.stratified(scores, stats_module.iqm, STATISTICS, rng)
+    assert point == pytest.approx(stats.trim_mean(np.concatenate(scores), 0.25))
+    assert low < point < high
+    assert all(np.isnan(stats_module.bootstrap_ci((np.array([1.0]),), np.mean, STATISTICS, rng)))
+    constant = stats_module.bootstrap_ci((np.array([2.0, 2.0]),), np.mean, STATISTICS, rng)
+    assert constant == (2.0, 2.0)
+    better = [np.array([2.0, 3.0]), np.array([5.0, 6.0])]
+    worse = [np.array([0.0, 1.0]), np.array([1.0, 2.0])]
+    assert stats_module.probability_of_improvement(better, worse, STATISTICS, rng)[0] == 1.0
+
+
+def test_missing_runs_fail_naming_them_unless_partial(tmp_path, scripts_on_path):
+    import aggregate_training_curves
+    from analysis import IncompleteRuns
+
+    runs = [fake_run(tmp_path, "trmrl", "cheetah-vel", 0),
+            fake_run(tmp_path, "trmrl", "cheetah-vel", 1, finished=False)]
+    outputs = {"by_seed": str(tmp_path / "s.csv"), "summary": str(tmp_path / "t.csv")}
+    params = {"runs": runs, "missing": ["cheetah-vel/trmrl/seed2"], "analysis": analysis()}
+    with pytest.raises(IncompleteRuns) as error:
+        aggregate_training_curves.main(job(tmp_path, "c", outputs=outputs, params=params))
+    assert "cheetah-vel/trmrl/seed2" in str(error.value)
+    assert "cheetah-vel/trmrl/seed1: trained to 320 of 1,000 env steps" in str(error.value)
+    params["analysis"] = analysis(allow_partial=True)
+    aggregate_training_curves.main(job(tmp_path, "c", outputs=outputs, params=params))
+    assert set(pd.read_csv(outputs["summary"])["n"]) == {1}
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_every_figure_renders_pdf_and_png(tmp_path, fixture_tables, partial):
+    import figure_ablations
+    import figure_adaptation
+    import figure_aggregate
+    import figure_latent_map
+    import figure_ood
+    import figure_training_curves
+
+    t = fixture_tables.paths
+    missing = ["ml1-reach/oracle/seed3"] if partial else []
+    figures = {
+        figure_training_curves: {"summary": t["curves"]},
+        figure_adaptation: {"summary": t["adaptation"]},
+        figure_ood: {"adaptation": t["adaptation"], "ood": t["ood"],
+                     "ood_by_task": t["ood_by_task"]},
+        figure_ablations: {"summary": t["ablations"]},
+        figure_latent_map: {},
+        figure_aggregate: {"aggregate": t["aggregate"], "improvement": t["improvement"]},
+    }
+    for module, inputs in figures.items():
+        name = module.__name__
+        outputs = {"pdf": str(tmp_path / f"{name}.pdf"), "png": str(tmp_path / f"{name}.png")}
+        params = {"missing": missing, "analysis": analysis(partial), "runs": fixture_tables.runs}
+        module.main(job(tmp_path, name, inputs=inputs, outputs=outputs, params=params))
+        for path in outputs.values():
+            assert Path(path).stat().st_size > 5000, path
+
+
+def test_figures_say_when_there_is_no_data(tmp_path, scripts_on_path):
+    import figure_training_curves
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("agent,env,env_steps,metric,n,mean,ci_low,ci_high,iqm\n")
+    outputs = {"pdf": str(tmp_path / "f.pdf"), "png": str(tmp_path / "f.png")}
+    figure_training_curves.main(job(tmp_path, "f", inputs={"summary": str(empty)},
+                                    outputs=outputs,
+                                    params={"missing": ["x"], "analysis": analysis(True)}))
+    assert Path(outputs["png"]).exists()
+
+
+# ---------------------------------------------------------------------------------------
+# the quick preset end to end (CI scale), then rerun semantics on its results
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """A copy of the workflow that has run `snakemake all` on the quick preset (CI scale)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("quick"))
+    overrides = write_config(workdir / "ci.yaml", CI_OVERRIDES)
+    args = ("--cores", "2", "--configfile", "config/quick.yaml", str(overrides.name))
+    started = time.perf_counter()
+    result = snakemake(workdir, "all", *args, timeout=900)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return SimpleNamespace(dir=workdir, args=args, elapsed=elapsed,
+                           results=workdir / "results" / "ci")
+
+
+def test_quick_preset_builds_every_figure_table_and_the_report(quick):
+    results = quick.results
+    for name in ["fig1_training_curves", "fig2_adaptation", "fig3_ood", "fig4_ablations",
+                 "fig5_latent_map", "fig6_aggregate"]:
+        for ext in ["pdf", "png"]:
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 5000
+    curves = pd.read_csv(results / "tables" / "training_curves.csv")
+    assert set(curves["agent"]) == {"trmrl", "oracle", "memoryless"}
+    assert set(curves["env"]) == {"cheetah-vel", "ml1-reach"}
+    assert set(curves["n"]) == {2}
+    ablations = pd.read_csv(results / "tables" / "ablations.csv")
+    assert set(ablations["variant"]) == {"tfixup-no-layernorm", "tfixup-layernorm",
+                                         "no-tfixup-no-layernorm", "no-tfixup-layernorm",
+                                         "layers-1", "layers-2"}
+    report = (results / "report.html").read_text()
+    assert "fig6_aggregate.png" in report and "training_curves.csv" in report
+    snapshot = yaml.safe_load((results / "config.yaml").read_text())
+    assert snapshot["experiment"] == "ci" and snapshot["steps"] == 3200
+    run = results / "runs" / "cheetah-vel" / "trmrl--layers-2" / "seed0"
+    assert yaml.safe_load((run / "config.yaml").read_text())["hyperparameters"]["layers"] == 2
+    print(f"quick preset at CI scale: {quick.elapsed:.0f} s")
+
+
+def test_complete_run_has_nothing_to_do_even_after_editing_agent_code(quick):
+    assert dry_run(quick.dir, "all", *quick.args) == {}
+    agent_code = REPO / "trmrl" / "agents" / "trmrl.py"
+    stat = agent_code.stat()
+    try:
+        os.utime(agent_code)  # "edit" the agent: the workflow does not depend on its code
+        assert dry_run(quick.dir, "all", *quick.args) == {}
+    finally:
+        os.utime(agent_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("script, jobs", [
+    ("figure_ood.py", {"figure_ood"}),
+    ("plotting.py", {"figure_training_curves", "figure_adaptation", "figure_ood",
+                     "figure_ablations", "figure_latent_map", "figure_aggregate"}),
+])
+def test_editing_a_figure_script_rerenders_only_its_figures(quick, script, jobs):
+    path = quick.dir / "workflow" / "scripts" / script
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        assert dry_run(quick.dir, "all", *quick.args) == {**dict.fromkeys(jobs, 1),
+                                                         "report": 1, "all": 1}
+    finally:
+        path.write_text(original)
+        snakemake(quick.dir, "--touch", "all", *quick.args)  # outputs newer than the script
+    assert dry_run(quick.dir, "all", *quick.args) == {}
+
+
+TRAINED_RUN = re.compile(r"trmrl train --agent \S+ --env \S+ --seed \d+ --out (\S+)")
+
+
+def test_train_revision_retrains_in_new_run_directories(quick):
+    result = snakemake(quick.dir, "-n", "all", *quick.args, "--config", "train_revision=1")
+    assert job_counts(result.stdout)["train"] == 16  # every run: 12 main + 4 ablation variants
+    trained = TRAINED_RUN.findall(result.stdout)
+    assert len(trained) == 16 and all(re.search(r"/seed\d-rev1$", out) for out in trained)
+    # a mapping bumps only some agents (an agent's ablation variants with it)
+    write_config(quick.dir / "rev.yaml", {"train_revision": {"oracle": 2}})
+    result = snakemake(quick.dir, "-n", "all", "--configfile", "config/quick.yaml", "ci.yaml",
+                       "rev.yaml")
+    trained = TRAINED_RUN.findall(result.stdout)
+    assert len(trained) == 4 and all("/oracle/seed" in out and out.endswith("-rev2")
+                                     for out in trained)
+    # nothing was deleted: the revision-0 runs are still complete
+    assert dry_run(quick.dir, "all", *quick.args) == {}
+
+
+def test_allow_partial_aggregates_the_finished_runs(quick):
+    marker = quick.results / "runs" / "ml1-reach" / "oracle" / "seed1" / "train.done"
+    stat = marker.stat()
+    marker.unlink()  # as if this run had not finished
+    try:
+        partial = (*quick.args, "--config", "allow_partial=True")
+        counts = dry_run(quick.dir, "figure_training_curves", *partial)
+        assert counts == {"aggregate_training_curves": 1, "figure_training_curves": 1}
+        result = snakemake(quick.dir, "figure_training_curves", *partial)
+        assert result.returncode == 0, result.stderr[-3000:]
+        curves = pd.read_csv(quick.results / "tables" / "training_curves.csv")
+        oracle = curves[(curves["agent"] == "oracle") & (curves["env"] == "ml1-reach")]
+        assert set(oracle["n"]) == {1} and set(curves["n"]) == {1, 2}
+        log = (quick.results / "logs" / "aggregate" / "training_curves.log").read_text()
+        assert "leaving out 1 run(s):\n  ml1-reach/oracle/seed1" in log
+    finally:
+        marker.touch()
+        os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # back to every run: the tables that left it out are rebuilt (their run list changed)
+    counts = dry_run(quick.dir, "all", *quick.args)
+    assert "train" not in counts and counts["aggregate_training_curves"] == 1
+    result = snakemake(quick.dir, "all", *quick.args)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_lint_is_clean(quick):
+    result = snakemake(quick.dir, "--lint", "--configfile", "config/quick.yaml")
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, \
+        result.stdout[-3000:]
+
+
+# ---------------------------------------------------------------------------------------
+# an interrupted training job resumes from its checkpoint
+# ---------------------------------------------------------------------------------------
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    config = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    config.update(experiment="resume", agents=["trmrl"], envs=["cheetah-vel"], seeds=[0],
+                  steps=40_000, ablations={})
+    config["hyperparameters"]["all"]["default"].update(checkpoint_every_s=0, eval_every=100_000)
+    write_config(workdir / "resume.yaml", config)
+    run = workdir / "results" / "resume" / "runs" / "cheetah-vel" / "trmrl" / "seed0"
+    command = [sys.executable, "-m", "snakemake", "runs", "--cores", "1",
+               "--configfile", "resume.yaml"]
+    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # Ctrl-C once a few iterations are checkpointed
+            progress = run / "progress.csv"
+            if (run / "checkpoint.pt").exists() and progress.exists() and \
+                    len(progress.read_text().splitlines()) >= 9:
+                break
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    before = (run / "progress.csv").read_text().splitlines()
+    assert not (run / "train.done").exists(), "the run finished before the interruption"
+    assert (run / "checkpoint.pt").exists(), "snakemake must not delete the run directory"
+
+    result = snakemake(workdir, "runs", "--cores", "1", "--configfile", "resume.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "train.done").exists() and (run / "eval" / "adaptation.csv").exists()
+    log = (workdir / "results" / "resume" / "logs" / "train" / "cheetah-vel" / "trmrl" /
+           "seed0.log").read_text()
+    assert re.search(r"resuming \S+ at env step [1-9]\d* of 40000", log), log
+    after = (run / "progress.csv").read_text().splitlines()
+    kept = before[:-2]  # rows written after the last checkpoint are dropped and redone
+    assert after[: len(kept)] == kept
+    assert int(after[-1].split(",")[0]) >= 40_000

@@ -1,0 +1,400 @@
+"""Shared by every rule: the config checks the schema cannot do, and the table of runs.
+
+A *run* is one `trmrl train` of one agent on one env with one seed, in
+results/<experiment>/runs/<env>/<agent dir>/seed<seed>[-rev<R>]/ where <agent dir> is the
+agent's name, or `<agent>--<variant>` for an ablation variant (e.g. `trmrl--layers-2`).
+"""
+
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+# ---------------------------------------------------------------------------------------
+# The config
+# ---------------------------------------------------------------------------------------
+def config_error(path, message):
+    """The one-line error for a bad config value at a key path like `steps.cheetah-vel`."""
+    where = ".".join(str(p) for p in path)
+    return WorkflowError(f"invalid config{f' at `{where}`' if where else ''}: {message}")
+
+
+def most_specific(error):
+    """Of the alternatives of a oneOf/anyOf error, the one that says most: the deepest key,
+    then a value error (minimum, enum) over a type mismatch with another alternative."""
+    while error.context:
+        error = max(error.context, key=lambda e: (len(e.absolute_path),
+                                                  e.validator not in ("type", "const"),
+                                                  e.validator == "enum"))
+    return error
+
+
+def validate_config(config, schema):
+    """Validate against the JSON schema (filling its defaults); the error names the key path."""
+    try:
+        validate(config, schema)
+    except WorkflowError as error:
+        cause = error.__context__  # snakemake wraps jsonschema's error
+        if not isinstance(cause, jsonschema.ValidationError):
+            raise
+        best = most_specific(cause)
+        message = best.message
+        if best.validator == "additionalProperties" and "properties" in best.schema:
+            message += f"; valid keys: {', '.join(best.schema['properties'])}"
+        if best.validator == "type" and isinstance(best.instance, str):
+            message += " (`--config` reads integers, True and False; anything else is a string)"
+        raise config_error(best.absolute_path, message) from None
+
+
+def trmrl_executable():
+    """`trmrl` next to this Python (snakemake and the package share a venv), else on PATH."""
+    beside = Path(sys.executable).parent / "trmrl"
+    found = str(beside) if beside.exists() else shutil.which("trmrl")
+    if found is None:
+        raise WorkflowError("`trmrl` is not installed: pip install -e . in snakemake's environment")
+    return found
+
+
+def query_cli(executable):
+    """`trmrl envs --json` and `trmrl agents --json`, run side by side (each ~1.5 s)."""
+    commands = {"envs": [executable, "envs", "--json"], "agents": [executable, "agents", "--json"]}
+    processes = {name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
+                 for name, command in commands.items()}
+    answers = {}
+    for name, process in processes.items():
+        out, err = process.communicate()
+        if process.returncode != 0:
+            raise WorkflowError(f"`trmrl {name} --json` failed: {err.strip()}")
+        answers[name] = json.loads(out)
+    envs = {info["name"]: info for info in answers["envs"]}
+    agents = {info["name"]: info for info in answers["agents"]["agents"]}
+    return envs, agents, answers["agents"]["not_implemented"]
+
+
+def check_agents_implemented(config, agents, planned):
+    """The schema knows every agent of the design; only the implemented ones can train."""
+    named = [("agents", i, a) for i, a in enumerate(config["agents"])]
+    if config["ablations"].get("studies"):
+        named.append(("ablations", "agent", config["ablations"]["agent"]))
+    for *path, agent in named:
+        if agent not in agents:
+            status = "is not implemented yet" if agent in planned else "is unknown"
+            raise config_error(path, f"agent {agent!r} {status}; available agents: "
+                               f"{', '.join(agents)}")
+
+
+def check_hyperparameter(path, key, value, agent_info, env):
+    """Key and type of one --set value, against the agent's defaults (`trmrl agents --json`)."""
+    if key == "steps":
+        raise config_error(path, "set budgets with the top-level `steps:` (per env)")
+    if key not in agent_info["keys"]:
+        raise config_error(path, f"{agent_info['name']} has no hyperparameter {key!r}; valid: "
+                           f"{', '.join(agent_info['keys'])}")
+    default = agent_info["defaults"][env][key]
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,)}
+    kind = next((k for k in expected if type(default) is k), None)
+    if kind is None:
+        return  # None defaults (horizon, ...): trmrl train checks the value
+    if isinstance(value, expected[kind]) and not (isinstance(value, bool) and kind is not bool):
+        return
+    hint = ""
+    scientific = isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+e[-+]?\d+", value)
+    if scientific and kind in (int, float):
+        hint = " (YAML reads 1e-4 as a string: write 1.0e-4)"
+    raise config_error(path, f"{value!r} is not a valid {key}: {agent_info['name']}'s default "
+                       f"is {default!r} ({kind.__name__}){hint}")
+
+
+def check_hyperparameters(config, agents):
+    grid_agents = set(config["agents"])
+    if config["ablations"].get("studies"):
+        grid_agents.add(config["ablations"]["agent"])
+    for scope, by_env in config["hyperparameters"].items():
+        # agents outside the grid may keep settings for later (names are checked by the schema)
+        targets = sorted(grid_agents) if scope == "all" else [scope] if scope in grid_agents else []
+        for env_key, values in by_env.items():
+            env = config["envs"][0] if env_key == "default" else env_key
+            for key, value in values.items():
+                for agent in targets:
+                    check_hyperparameter(["hyperparameters", scope, env_key, key], key, value,
+                                         agents[agent], env)
+    ablations = config["ablations"]
+    for study, grid in ablations.get("studies", {}).items():
+        for key, values in grid.items():
+            for value in values:
+                check_hyperparameter(["ablations", "studies", study, key], key, value,
+                                     agents[ablations["agent"]], ablations["env"])
+
+
+# ---------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------
+def yaml_scalar(value):
+    """A value as `trmrl train --set` parses it back (YAML): 3e-05 -> 3.0e-05, True -> true."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def run_overrides(config, agent, env):
+    """The config's hyperparameters of (agent, env), in override order."""
+    values = {}
+    for scope in ("all", agent):
+        by_env = config["hyperparameters"].get(scope, {})
+        values.update(by_env.get("default", {}))
+        values.update(by_env.get(env, {}))
+    return values
+
+
+def revision(config, agent):
+    rev = config["train_revision"]
+    return rev if isinstance(rev, int) else rev.get(agent, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    agent: str  # what `trmrl train --agent` gets
+    env: str
+    seed: int
+    variant: str  # "" for a main run, else the ablation variant, e.g. "layers-2"
+    revision: int
+    overrides: tuple  # ((key, value), ...) for --set, later ones win
+    steps: int | None  # None: the package's (paper) budget
+
+    @property
+    def agent_dir(self):
+        return f"{self.agent}--{self.variant}" if self.variant else self.agent
+
+    @property
+    def name(self):
+        """`<env>/<agent dir>/seed<S>[-rev<R>]`, the run directory below runs/."""
+        suffix = f"-rev{self.revision}" if self.revision else ""
+        return f"{self.env}/{self.agent_dir}/seed{self.seed}{suffix}"
+
+    @property
+    def path(self):
+        return f"{RESULTS}/runs/{self.name}"
+
+    def set_args(self):
+        return " ".join(f"--set {shlex.quote(f'{k}={yaml_scalar(v)}')}" for k, v in self.overrides)
+
+    def record(self):
+        """What aggregation scripts get (through params) about each run."""
+        return {"agent": self.agent, "env": self.env, "seed": self.seed, "variant": self.variant,
+                "path": self.path, "name": self.name}
+
+
+def variant_name(values):
+    """{"tfixup": False, "layernorm": True} -> "no-tfixup-layernorm"; {"layers": 2} ->
+    "layers-2"; lists join with x: {"hidden": [64, 64]} -> "hidden-64x64"."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            parts.append(key if value else f"no-{key}")
+        elif isinstance(value, list):
+            parts.append(f"{key}-{'x'.join(yaml_scalar(v) for v in value)}")
+        else:
+            parts.append(f"{key}-{yaml_scalar(value)}")
+    return "-".join(parts)
+
+
+def budget(config, env):
+    """`steps:` is one budget for every env, or per env (None: the package's paper budget)."""
+    steps = config["steps"]
+    return steps if isinstance(steps, int) else steps.get(env)
+
+
+def plan_main_runs(config):
+    return [Run(agent, env, seed, "", revision(config, agent),
+                tuple(run_overrides(config, agent, env).items()), budget(config, env))
+            for agent in config["agents"] for env in config["envs"] for seed in config["seeds"]]
+
+
+def plan_ablations(config, agents):
+    """[{study, variant, label, values, runs}] for every grid point of every study.
+
+    A grid point whose values equal what the main run of (agent, env) uses anyway (package
+    defaults + config overrides) *is* that main run: it is not trained twice.
+    """
+    ablations = config["ablations"]
+    if not ablations.get("studies"):
+        return []
+    agent, env = ablations["agent"], ablations["env"]
+    seeds = ablations.get("seeds", config["seeds"])
+    base = run_overrides(config, agent, env)
+    effective = {**agents[agent]["defaults"][env], **base}
+    points = []
+    for study, grid in ablations["studies"].items():
+        for combination in itertools.product(*grid.values()):
+            values = dict(zip(grid, combination))
+            is_main = all(effective.get(k) == v for k, v in values.items())
+            variant = "" if is_main else variant_name(values)
+            overrides = base if is_main else {**base, **values}
+            runs = [Run(agent, env, seed, variant, revision(config, agent),
+                        tuple(overrides.items()), budget(config, env))
+                    for seed in seeds]
+            points.append({"study": study, "variant": variant_name(values), "values": values,
+                           "default": is_main, "runs": runs})
+    return points
+
+
+def index_runs(runs):
+    """path -> run, in plan order; two configurations in one run directory are an error
+    (`trmrl train` would refuse to resume it)."""
+    by_path = {}
+    for run in runs:
+        other = by_path.setdefault(run.path, run)
+        if other.overrides != run.overrides:
+            raise WorkflowError(f"ablation variants collide in {run.path}: "
+                                f"{dict(other.overrides)} vs {dict(run.overrides)}")
+    return by_path
+
+
+def is_trained(run):
+    return os.path.exists(f"{run.path}/train.done")
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers the rules use
+# ---------------------------------------------------------------------------------------
+def run_of(wildcards):
+    """The planned run behind a rule's wildcards (a path outside the plan is an error)."""
+    path = (f"{RESULTS}/runs/{wildcards.env}/{wildcards.agent}/seed{wildcards.seed}"
+            f"{wildcards.rev}")
+    if path not in RUNS_BY_PATH:
+        raise WorkflowError(f"{path} is not a run of this config (experiment "
+                            f"{config['experiment']!r}); see `agents`, `envs`, `seeds`, "
+                            "`ablations`")
+    return RUNS_BY_PATH[path]
+
+
+def job_resources(kind, key):
+    """Resource `key` of a train/evaluate job on the job's env (`resources.<kind>.envs` wins)."""
+    spec = config["resources"][kind]
+
+    def lookup(wildcards):
+        return spec.get("envs", {}).get(wildcards.env, {}).get(key, spec[key])
+
+    return lookup
+
+
+def has_ood(env):
+    return "ood" in ENVS[env]["splits"]
+
+
+def used(runs):
+    """The runs that aggregation uses: all of them, or (allow_partial) the trained ones."""
+    return [r for r in runs if is_trained(r)] if config["allow_partial"] else list(runs)
+
+
+def missing(runs):
+    return [r.name for r in runs if not is_trained(r)] if config["allow_partial"] else []
+
+
+def run_files(runs, name):
+    return [f"{run.path}/{name}" for run in runs]
+
+
+def markers(runs):
+    """Inputs of aggregation: the train markers of the runs it uses."""
+    return run_files(used(runs), "train.done")
+
+
+def evaluations(runs, name):
+    return run_files(used(runs), f"eval/{name}")
+
+
+def table(name):
+    return f"{RESULTS}/tables/{name}.csv"
+
+
+def figure(name, ext):
+    return f"{RESULTS}/figures/{name}.{ext}"
+
+
+def figure_outputs(name, title):
+    """PDF for papers, PNG for the report (with its caption, workflow/report/<name>.rst)."""
+    return {
+        "pdf": figure(name, "pdf"),
+        "png": report(figure(name, "png"), caption=f"../report/{name}.rst",
+                      category="Figures", labels={"figure": title}),
+    }
+
+
+def script_input(name):
+    """A helper module of the scripts, as an input: editing it re-renders its users
+    (snakemake tracks a `script:` file itself, not the modules it imports)."""
+    return str(SCRIPTS / name)
+
+
+def analysis_params():
+    """What every aggregation script needs to know besides its input files."""
+    return {"statistics": config["statistics"], "allow_partial": config["allow_partial"],
+            "envs": {env: ENVS[env] for env in dict.fromkeys(RUN_ENVS)},  # panel order
+            "agents": config["agents"]}
+
+
+# ---------------------------------------------------------------------------------------
+# The plan (computed once per snakemake invocation)
+# ---------------------------------------------------------------------------------------
+# first of all: reject a bad config before any job, with the key path (defaults filled in)
+validate_config(config, "../schemas/config.schema.yaml")
+
+RESULTS = f"results/{config['experiment']}"
+LOGS = f"{RESULTS}/logs"
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+TRMRL = trmrl_executable()
+# jobs find `trmrl` even when snakemake was started by path from an unactivated venv
+shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(TRMRL).parent))}:\"$PATH\"; ")
+
+ENVS, AGENTS, PLANNED_AGENTS = query_cli(TRMRL)
+check_agents_implemented(config, AGENTS, PLANNED_AGENTS)
+
+
+wildcard_constraints:
+    env="|".join(ENVS),
+    agent=r"[a-z0-9]+(--[A-Za-z0-9_.+-]+)?",  # <agent> or <agent>--<ablation variant>
+    seed=r"\d+",
+    rev=r"(-rev[1-9]\d*)?",  # empty at train_revision 0
+
+
+check_hyperparameters(config, AGENTS)
+
+MAIN_RUNS = plan_main_runs(config)
+ABLATIONS = plan_ablations(config, AGENTS)
+ABLATION_RUNS = [run for point in ABLATIONS for run in point["runs"]]
+RUNS_BY_PATH = index_runs(MAIN_RUNS + ABLATION_RUNS)
+ALL_RUNS = list(RUNS_BY_PATH.values())
+RUN_ENVS = [run.env for run in ALL_RUNS]
+OOD_RUNS = [run for run in MAIN_RUNS if has_ood(run.env)]
+REFERENCE_AGENTS = ("oracle", "memoryless")
+HAS_REFERENCES = all(agent in config["agents"] for agent in REFERENCE_AGENTS)
+
+# what `all` builds: a figure (and its table) only where the config gives it data
+FIGURES = ["fig1_training_curves", "fig2_adaptation"]
+TABLES = ["training_curves_by_seed", "training_curves", "adaptation_by_task", "adaptation"]
+if OOD_RUNS:
+    FIGURES.append("fig3_ood")
+    TABLES += ["ood_by_task", "ood"]
+if ABLATIONS:
+    FIGURES.append("fig4_ablations")
+    TABLES += ["ablations_by_seed", "ablations"]
+FIGURES.append("fig5_latent_map")
+if HAS_REFERENCES:
+    FIGURES.append("fig6_aggregate")
+    TABLES += ["normalized_scores", "aggregate_scores", "probability_of_improvement"]
+FIGURE_FILES = [figure(name, ext) for name in FIGURES for ext in ("pdf", "png")]
+REPORT_CAPTIONS = [str(Path(workflow.basedir) / "workflow" / "report" / f"{name}.rst")
+                   for name in [*FIGURES, "tables", "workflow"]]
+TABLE_FILES = [table(name) for name in TABLES]
