@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from trmrl.envs import SuiteError, Task, TaskSuite, make_suite
+from trmrl.envs.base import check_positive
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,11 +293,11 @@ class TrialSampler:
     def __init__(self, suite: TaskSuite | str, num_envs: int, *, horizon: int | None = None,
                  episodes_per_trial: int | None = None, num_workers: int = 0, seed: int = 0):
         self.suite = make_suite(suite) if isinstance(suite, str) else suite
-        self.horizon = _positive("horizon", self.suite.horizon if horizon is None else horizon)
-        self.episodes_per_trial = _positive(
+        self.horizon = check_positive("horizon", self.suite.horizon if horizon is None else horizon)
+        self.episodes_per_trial = check_positive(
             "episodes_per_trial",
             self.suite.episodes_per_trial if episodes_per_trial is None else episodes_per_trial)
-        self.num_envs = _positive("num_envs", num_envs)
+        self.num_envs = check_positive("num_envs", num_envs)
         if not isinstance(num_workers, int) or not 0 <= num_workers <= num_envs:
             raise SuiteError(f"num_workers must be an integer in [0, num_envs={num_envs}], "
                              f"got {num_workers!r}")
@@ -420,7 +421,3 @@ class _Buffers:
         self.episode_success = np.zeros((n, K), np.float32)
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise SuiteError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)

@@ -133,6 +133,13 @@ class TaskSuite(abc.ABC):
         }
 
 
+def check_positive(name: str, value) -> int:
+    """``value`` as an int if it is a positive integer, else a SuiteError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise SuiteError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def split_rng(seed: int, split: str) -> np.random.Generator:
     """Independent generator per (seed, split): test tasks never depend on train draws."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):

@@ -32,7 +32,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from trmrl.envs.base import NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite, split_rng
+from trmrl.envs.base import (NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite, check_positive,
+                              split_rng)
 
 # gymnasium ships the XML files; locating them via the spec avoids importing its MujocoEnv
 _ASSETS = Path(importlib.util.find_spec("gymnasium.envs.mujoco").origin).parent / "assets"
@@ -171,10 +172,8 @@ class MujocoTaskEnv(TaskEnv):
 # ---------------------------------------------------------------------------------------
 # Suite scaffolding
 # ---------------------------------------------------------------------------------------
-def _check_count(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise SuiteError(f"number of tasks must be a positive integer, got {n!r}")
-    return int(n)
+def _check_count(n) -> int:
+    return check_positive("number of tasks", n)
 
 
 class LocomotionSuite(TaskSuite):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from trmrl.envs.base import NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite
+from trmrl.envs.base import NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite, check_positive
 
 HORIZON = 500  # Meta-World's max_path_length: one episode
 # metaworld raises on any step past its own max_path_length; our sampler enforces HORIZON
@@ -45,10 +45,8 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def _check_count(n: Any, what: str = "n") -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
-        raise SuiteError(f"{what} must be a non-negative integer, got {n!r}")
-    return int(n)
+def _check_count(n: Any) -> int:
+    return check_positive("number of tasks", n)
 
 
 # -- benchmark objects, cached per process ----------------------------------------------------
