@@ -49,6 +49,9 @@ def test_train_writes_the_run_directory(tmp_path):
     assert test_steps == [0, 160, 320, 480]
     assert all(r[3] in ("0", "1") and r[5] == "" for r in body)  # 2 episodes, no success metric
     assert (run / "checkpoint.pt").exists() and not (run / "checkpoint.pt.tmp").exists()
+    metrics = rows(run / "metrics.csv", drop_wall=False)
+    assert metrics[0][:3] == ["env_steps", "iteration", "wall_s"] and "approx_kl" in metrics[0]
+    assert [int(r[1]) for r in metrics[1:]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_finished_run_is_not_retrained_and_can_be_extended(tmp_path):
@@ -83,6 +86,9 @@ def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
 
     assert main(train_args(killed, steps=960)) == 0
     assert rows(killed / "progress.csv") == rows(reference / "progress.csv")
+    # metrics.csv: same iterations, same losses (wall_s is column 2 there)
+    strip = lambda table: [r[:2] + r[3:] for r in table]  # noqa: E731
+    assert strip(rows(killed / "metrics.csv", False)) == strip(rows(reference / "metrics.csv", False))
 
 
 def test_evaluate_writes_the_protocol_table(tmp_path, capsys):

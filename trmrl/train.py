@@ -1,7 +1,8 @@
 """`trmrl train`: meta-train one agent on one env with one seed, resumably.
 
 RUN_DIR holds config.yaml (fully resolved), progress.csv (appended, one row per episode
-index per evaluation) and checkpoint.pt (written atomically). A run killed at any moment
+index per evaluation), metrics.csv (the agent's losses per iteration: KL, clip fraction,
+value loss, ...) and checkpoint.pt (written atomically). A run killed at any moment
 resumes from its last checkpoint: rows written after it are dropped from progress.csv,
 and on CPU the resumed run reproduces the uninterrupted one row for row (``wall_s`` aside).
 """
@@ -131,6 +132,17 @@ def _progress_rows(env_steps: int, wall_s: float, split: str, returns: np.ndarra
     return rows
 
 
+def _append_metrics(path: Path, env_steps: int, iteration: int, wall_s: float,
+                    metrics: dict[str, float]) -> None:
+    """One row per iteration; the header is the first iteration's metric names."""
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["env_steps", "iteration", "wall_s", *metrics])
+        writer.writerow([env_steps, iteration, f"{wall_s:.1f}", *(f"{v:.6g}" for v in metrics.values())])
+
+
 class _Progress:
     """A progress bar on a terminal, a log line every ``every_s`` seconds otherwise."""
 
@@ -182,6 +194,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     run_dir = Path(run_dir)
     hp = spec.hyperparameters
     config_path, progress_path = run_dir / "config.yaml", run_dir / "progress.csv"
+    metrics_path = run_dir / "metrics.csv"
     checkpoint_path = run_dir / "checkpoint.pt"
     if config_path.exists():
         _check_existing_run(run_dir, spec)
@@ -208,6 +221,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         latest_test = None
         with open(progress_path, "w", newline="") as handle:
             csv.writer(handle).writerow(PROGRESS_COLUMNS)
+        metrics_path.unlink(missing_ok=True)  # its header comes with the first iteration
         log.info("training %s on %s, seed %d, %d env steps, device %s -> %s",
                  spec.agent, spec.env, spec.seed, hp.steps, spec.device, run_dir)
     else:
@@ -218,6 +232,9 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         latest_test = checkpoint.get("latest_test")
         with open(progress_path, "r+b") as handle:  # drop rows written after the checkpoint
             handle.truncate(checkpoint["progress_bytes"])
+        if metrics_path.exists():
+            with open(metrics_path, "r+b") as handle:
+                handle.truncate(checkpoint.get("metrics_bytes", 0))
         config = yaml.safe_load(config_path.read_text())
         current = cfg.to_dict(hp)
         if any(config["hyperparameters"].get(k) != current[k] for k in OPERATIONAL_KEYS):
@@ -238,7 +255,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                  "task_rng": task_rng.bit_generator.state, "sampler_calls": sampler.calls,
                  "env_steps": env_steps, "iteration": iteration, "next_eval": next_eval,
                  "wall_s": wall(), "steps": hp.steps, "latest_test": latest_test,
-                 "progress_bytes": progress_path.stat().st_size}
+                 "progress_bytes": progress_path.stat().st_size,
+                 "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
@@ -263,6 +281,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                 iteration += 1
                 rows += _progress_rows(env_steps, wall(), "train", result.episode_return,
                                        result.episode_success)
+                _append_metrics(metrics_path, env_steps, iteration, wall(), result.metrics)
                 if env_steps >= hp.steps:
                     next_eval = min(next_eval, env_steps)  # always end with an evaluation
             with open(progress_path, "a", newline="") as handle:
