@@ -7,7 +7,7 @@ agent's memory kept across them and deterministic actions, and write one row per
 
 from __future__ import annotations
 
-import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +58,6 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
 
 
 def _save_latents(path: Path, batch, tasks, stride: int) -> None:
-    import io
-
     step_in_episode = np.zeros_like(batch.episode_index, dtype=np.int64)
     for n in range(batch.num_trials):  # position inside the episode, from the episode starts
         starts = np.flatnonzero(batch.episode_start[n])

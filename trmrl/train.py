@@ -213,8 +213,6 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     task_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7]))
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint is not None:
-        _restore_agent(agent, checkpoint, checkpoint_path)
     if checkpoint is None:
         atomic_write_bytes(config_path, yaml.safe_dump(spec.to_yaml(), sort_keys=False).encode())
         env_steps, iteration, wall_offset, next_eval = 0, 0, 0.0, 0
@@ -225,6 +223,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         log.info("training %s on %s, seed %d, %d env steps, device %s -> %s",
                  spec.agent, spec.env, spec.seed, hp.steps, spec.device, run_dir)
     else:
+        _restore_agent(agent, checkpoint, checkpoint_path)
         task_rng.bit_generator.state = checkpoint["task_rng"]
         sampler.calls = checkpoint["sampler_calls"]
         env_steps, iteration = checkpoint["env_steps"], checkpoint["iteration"]

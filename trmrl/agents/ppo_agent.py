@@ -48,7 +48,6 @@ class PPOAgent(Agent):
         self._graphed_forwards: dict[int, GraphedForward] = {}  # acting, one per batch size
         # one CPU generator for action noise and minibatch order: identical runs on CPU
         self.generator = torch.Generator().manual_seed(seed)
-        self.record_memory = False  # evaluation sets it to collect episodic memories
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...

@@ -133,9 +133,6 @@ class TrMRLModel(nn.Module):
         self.value = mlp([config.d_model, *config.hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(config.init_std))))
 
-    def episodic_memory(self, windows, filled):
-        return self.policy_encoder(windows, filled)
-
     def forward(self, inputs: dict[str, torch.Tensor]):
         windows, filled = inputs["windows"], inputs["filled"]
         memory = self.policy_encoder(windows, filled)
