@@ -3,8 +3,11 @@
 A trial (K episodes on one task) is one sequence for the return: GAE runs across the
 episode boundaries inside a trial (the memory carries over, so the value does too) and
 stops at the trial's end, where the memory is dropped. Each agent turns the batch into
-per-timestep samples (a dict of tensors with a leading sample axis); minibatches are drawn
-over those samples.
+samples (a dict of tensors with a leading sample axis); minibatches are drawn over those
+samples. A sample is one timestep (TrMRL, the references: each step carries its own
+context) or one whole trial (recurrent agents such as RL2, whose GRU must be unrolled over
+the trial); trial samples are [trials, T, ...] with a "weight" [trials, T] that is 0 on the
+padding after a trial's end, and the loss averages over the weighted timesteps.
 
 On a GPU the whole minibatch step (forward, backward, AdamW) is captured once in a CUDA
 graph and replayed: the same arithmetic as the eager path without a kernel launch per op.
@@ -27,6 +30,10 @@ from trmrl.errors import ConfigError
 # evaluate(minibatch) -> (log_prob [B], entropy [B], value [B]) under the current parameters
 Evaluate = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 STATS = ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+KL = STATS.index("approx_kl")
+# |log ratio| cap: exp(89) overflows float32, and inf x advantage makes the loss NaN. Within
+# the cap nothing changes; beyond it the clipped surrogate has no useful gradient anyway.
+LOG_RATIO_LIMIT = 20.0
 
 
 @dataclass
@@ -39,10 +46,11 @@ class PPOConfig(RunConfig):
     lr_decay: float = 1.0  # geometric lr factor applied after every iteration (1: constant)
     weight_decay: float = 0.0  # AdamW weight decay
     epochs: int = 10  # passes over the iteration's data
-    minibatch_size: int = 256  # samples (timesteps) per gradient step
+    minibatch_size: int = 256  # samples per gradient step: timesteps (whole trials for RL2)
     center_advantages: bool = False  # standardise advantages per minibatch
     entropy_coef: float = 0.0  # entropy bonus
     max_grad_norm: float = 0.0  # gradient-norm clip (0: off, as in the released code)
+    target_kl: float = 0.0  # end the iteration's updates after a step whose KL > 1.5x this (0: off)
     cuda_graphs: bool = True  # on a GPU, replay the minibatch step from a CUDA graph
 
     def validate(self) -> None:
@@ -51,7 +59,7 @@ class PPOConfig(RunConfig):
                   "clip": self.clip > 0, "lr_policy": self.lr_policy > 0,
                   "lr_value": self.lr_value > 0, "lr_decay": 0 < self.lr_decay <= 1,
                   "epochs": self.epochs > 0, "minibatch_size": self.minibatch_size > 0,
-                  "max_grad_norm": self.max_grad_norm >= 0}
+                  "max_grad_norm": self.max_grad_norm >= 0, "target_kl": self.target_kl >= 0}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
@@ -102,14 +110,20 @@ def make_optimizer(policy_params, value_params, config: PPOConfig,
 
 def minibatch_loss(evaluate: Evaluate, minibatch: dict[str, torch.Tensor], weight: torch.Tensor,
                    config: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped-surrogate PPO loss; ``weight`` 0 marks padding rows. Returns (loss, STATS)."""
+    """Clipped-surrogate PPO loss; ``weight`` 0 marks padding. Returns (loss, STATS).
+
+    Samples may be timesteps (every tensor [B]) or whole trials ([B, T]); ``weight`` has the
+    same shape and the loss is the weighted mean over every entry.
+    """
     log_prob, entropy, value = evaluate(minibatch)
     w = weight / weight.sum()
     advantage = minibatch["advantage"]
     if config.center_advantages:
         centred = advantage - (w * advantage).sum()
         advantage = centred / ((w * centred.pow(2)).sum().sqrt() + 1e-8)
-    log_ratio = log_prob - minibatch["logp"]
+    # padding has no recorded log-prob: keep it out of exp() so 0 x inf can never be NaN
+    log_ratio = torch.where(weight > 0, log_prob - minibatch["logp"], 0.0)
+    log_ratio = log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = log_ratio.exp()
     surrogate = torch.min(ratio * advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * advantage)
     policy_loss = -(w * surrogate).sum()
@@ -135,7 +149,8 @@ def ppo_update(evaluate: Evaluate, samples: dict[str, torch.Tensor], optimizer: 
                params: list[nn.Parameter], config: PPOConfig,
                generator: torch.Generator) -> dict[str, float]:
     """``config.epochs`` passes of PPO over ``samples`` (each [M, ...]; needs "logp",
-    "advantage", "return" and whatever ``evaluate`` reads), step by step (eager).
+    "advantage", "return" and whatever ``evaluate`` reads; optionally "weight", 0 on
+    padding, e.g. [M, T] for whole trials), step by step (eager).
 
     Raises FloatingPointError if the loss went non-finite (checked once per call to avoid
     a device sync per minibatch; the caller then keeps its last good checkpoint).
@@ -146,7 +161,8 @@ def ppo_update(evaluate: Evaluate, samples: dict[str, torch.Tensor], optimizer: 
     for idx in _minibatch_indices(samples["logp"].shape[0], config, generator):
         idx = idx.to(device)
         minibatch = {key: value[idx] for key, value in samples.items()}
-        loss, stats = minibatch_loss(evaluate, minibatch, torch.ones(len(idx), device=device), config)
+        weight = minibatch["weight"] if "weight" in minibatch else torch.ones(len(idx), device=device)
+        loss, stats = minibatch_loss(evaluate, minibatch, weight, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm > 0:
@@ -154,13 +170,23 @@ def ppo_update(evaluate: Evaluate, samples: dict[str, torch.Tensor], optimizer: 
         optimizer.step()
         total += stats
         updates += 1
+        if _kl_exceeded(stats, config):
+            break
     return _finish(total, updates, optimizer, config)
+
+
+def _kl_exceeded(stats: torch.Tensor, config: PPOConfig) -> bool:
+    """Early stop, as Stable-Baselines3's PPO does: the KL between the policy that
+    collected the data and the one this step started from, on this step's minibatch,
+    exceeded 1.5 x target_kl. Costs one device sync per step (only when it is on)."""
+    return config.target_kl > 0 and stats[KL].item() > 1.5 * config.target_kl
 
 
 def _finish(total: torch.Tensor, updates: int, optimizer, config: PPOConfig) -> dict[str, float]:
     out = dict(zip(STATS, (total / max(updates, 1)).tolist()))
     if not all(math.isfinite(v) for v in out.values()):
         raise FloatingPointError(f"non-finite PPO loss: {out}")
+    out["minibatch_steps"] = updates  # fewer than epochs x minibatches when target_kl stopped it
     for group in optimizer.param_groups:
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].mul_(config.lr_decay)  # in place: the graph reads this tensor
@@ -188,6 +214,7 @@ class GraphedPPOUpdate:
         self.index = torch.zeros(size, dtype=torch.long, device=device)
         self.weight = torch.ones(size, device=device)
         self.total = torch.zeros(len(STATS), device=device)
+        self.last = torch.zeros(len(STATS), device=device)  # the latest step's stats
 
         def step():
             minibatch = {k: v[self.index] for k, v in self.buffers.items()}
@@ -197,6 +224,7 @@ class GraphedPPOUpdate:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             self.total.add_(stats)
+            self.last.copy_(stats)
 
         saved_params = [p.detach().clone() for p in params]
         saved_state = copy.deepcopy(optimizer.state_dict()["state"])
@@ -240,8 +268,12 @@ class GraphedPPOUpdate:
         all_index = torch.stack(chunks).to(device, non_blocking=True)
         all_weight = torch.stack(weights).to(device, non_blocking=True)
         self.total.zero_()
+        updates = 0
         for i in range(len(chunks)):
             self.index.copy_(all_index[i])
             self.weight.copy_(all_weight[i])
             self.graph.replay()
-        return _finish(self.total, len(chunks), self.optimizer, self.config)
+            updates += 1
+            if _kl_exceeded(self.last, self.config):
+                break
+        return _finish(self.total, updates, self.optimizer, self.config)

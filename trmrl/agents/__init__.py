@@ -10,11 +10,12 @@ from trmrl.errors import ConfigError
 # name -> "module:Class"; order = the order of tables and legends
 _REGISTRY: dict[str, str] = {
     "trmrl": "trmrl.agents.trmrl:TrMRLAgent",
+    "rl2": "baselines.rl2:RL2Agent",
     "oracle": "trmrl.agents.reference:OracleAgent",
     "memoryless": "trmrl.agents.reference:MemorylessAgent",
 }
 # agents of the design that are not implemented yet: named in errors, never silently missing
-PLANNED = ("rl2", "maml", "pearl", "varibad")
+PLANNED = ("maml", "pearl", "varibad")
 AGENT_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 

@@ -5,6 +5,11 @@ a dict of tensors, a ``log_std`` parameter, and its policy/value parameter split
 views of the same per-step inputs: ``step_inputs`` while acting (updating its memory) and
 ``batch_inputs`` for a whole batch of trials when learning. The two must agree exactly; the
 tests check that the PPO ratio is 1 before the first gradient step.
+
+Two switches for recurrent agents (RL2): ``trial_minibatches = True`` makes PPO's samples
+whole trials (the model gets [trials, T, ...] inputs and returns [trials, T] outputs) instead
+of timesteps, and a model that sets ``last_state`` in its acting forward has that state
+handed to ``carry_state`` after every step, to feed into the next one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ def mlp(sizes: list[int], activation=nn.Tanh, out_gain: float = 1.0) -> nn.Seque
 
 class PPOAgent(Agent):
     config: PPOConfig
+    # PPO minibatches of whole trials ([trials, T] samples, padding weighted 0) instead of
+    # timesteps: for models that must see a trial from its start (recurrent ones)
+    trial_minibatches: bool = False
 
     def __init__(self, config: PPOConfig, suite, device, seed):
         super().__init__(config, suite, device, seed)
@@ -68,10 +76,13 @@ class PPOAgent(Agent):
             rows = len(step.obs)
             if rows not in self._graphed_forwards:
                 self._graphed_forwards[rows] = GraphedForward(self.model, inputs)
-            mean, value, memory = self._graphed_forwards[rows](inputs)
+            mean, value, memory, state = self._graphed_forwards[rows](inputs)
         else:
             mean, value = self.model(inputs)
             memory = getattr(self.model, "last_memory", None)
+            state = getattr(self.model, "last_state", None)
+        if state is not None:
+            self.carry_state(state)
         # one device->host transfer per step; the noise and log-prob are cheap on the CPU
         act_dim = mean.shape[1]
         out = torch.cat([mean, self.model.log_std.expand_as(mean), value[:, None]], 1).cpu()
@@ -85,6 +96,13 @@ class PPOAgent(Agent):
             extras["memory"] = memory.cpu().numpy()
         return PolicyOutput(action.numpy(), extras)
 
+    def carry_state(self, state: torch.Tensor) -> None:
+        """Keep the model's new recurrent state (``model.last_state``) for the next step.
+
+        ``state`` may be a CUDA graph's output buffer, overwritten by its next replay."""
+        raise NotImplementedError(f"{type(self).__name__}'s model sets last_state: "
+                                  "override carry_state to keep it")
+
     # -- learning -------------------------------------------------------------------------
     def train_iteration(self, sampler, tasks) -> IterationResult:
         self.model.eval()
@@ -97,13 +115,26 @@ class PPOAgent(Agent):
         advantage, returns = gae(batch.reward, batch.extras["value"], batch.valid,
                                  self.config.gamma, self.config.gae_lambda)
         valid = batch.valid
+        params = list(self.model.parameters())
+        if self.trial_minibatches:  # whole trials, [N, T, ...]; the padding weighs 0
+            samples = {"logp": batch.extras["logp"], "advantage": advantage, "return": returns,
+                       "action": batch.action}
+            # zeros after each trial's end, whatever is there: weight-0 terms stay finite
+            samples = {k: np.where(valid.reshape(*valid.shape, *[1] * (v.ndim - 2)), v, 0).astype(v.dtype)
+                       for k, v in samples.items()}
+            samples["weight"] = valid.astype(np.float32)
+            samples = {k: to_device(v, self.device) for k, v in samples.items()}
+            for key, value in self.batch_inputs(batch).items():
+                samples["input_" + key] = value
+            # eager even on a GPU: a minibatch step is a few large kernels (one GRU call)
+            return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
+                              self.generator)
         samples = {"logp": batch.extras["logp"][valid], "advantage": advantage[valid],
                    "return": returns[valid], "action": batch.action[valid]}
         samples = {k: to_device(v, self.device) for k, v in samples.items()}
         mask = to_device(valid, self.device)
         for key, value in self.batch_inputs(batch).items():
             samples["input_" + key] = value[mask]
-        params = list(self.model.parameters())
         if not self.graphed:
             return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
                               self.generator)
@@ -162,12 +193,13 @@ class GraphedForward:
         with torch.no_grad(), torch.cuda.graph(self.graph):
             self.mean, self.value = model(self.inputs)
             self.memory = getattr(model, "last_memory", None)
+            self.state = getattr(model, "last_state", None)
 
     def __call__(self, inputs: dict[str, torch.Tensor]):
         for key, value in inputs.items():
             self.inputs[key].copy_(value)
         self.graph.replay()
-        return self.mean, self.value, self.memory
+        return self.mean, self.value, self.memory, self.state
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:

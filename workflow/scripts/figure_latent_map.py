@@ -1,6 +1,7 @@
-"""Figure 5, latent map: TrMRL's episodic memories (the transformer's output at sampled steps
-of the fast-adaptation trials on the 20 test tasks) projected on their first two principal
-components and coloured by the task parameter; one panel per agent with a memory x env."""
+"""Figure 5, latent map: the memories agents act on (TrMRL's episodic memory, RL²'s GRU state)
+at sampled steps of the fast-adaptation trials on the 20 test tasks, projected on their first
+two principal components and coloured by the task parameter; one panel per agent with a
+memory x env."""
 
 from pathlib import Path
 

@@ -1,0 +1,181 @@
+"""RL2-PPO: a recurrent policy whose memory spans the trial (Duan et al. 2016; Wang et al. 2016).
+
+A GRU reads each step's augmented input (s_t, a_{t-1}, r_{t-1}, d_t), the same working
+memory TrMRL embeds. Its hidden state is carried across the episodes of a trial, so the
+policy can adapt from one episode to the next, and reset between trials. A Gaussian policy
+(learned state-independent std) and a value function read the GRU state.
+
+Training is the package's PPO (:mod:`trmrl.ppo`, via :class:`trmrl.agents.ppo_agent.PPOAgent`)
+with minibatches of *whole trials* (``trial_minibatches``): the GRU is unrolled from the zero
+state over every step of a trial, and the loss averages over its valid steps (the padding
+after an early end weighs 0). There is no truncated BPTT: a trial is at most 400 steps on
+MuJoCo and 5,000 on Meta-World, where the forward and backward pass of a minibatch (5 trials,
+256-unit GRUs) peak at about 0.7 GB on the CPU, so the full trial fits and the gradient sees
+the whole adaptation.
+
+Acting runs one GRU cell step per lockstep step for all trials at once (``torch.gru_cell``
+with the ``nn.GRU``'s own weights, so acting and learning compute the same function; on a
+GPU the step is replayed from a CUDA graph); learning runs ``nn.GRU`` over [trials, T].
+
+Defaults (``trmrl/configs/rl2.yaml``, which says where each value comes from) follow
+garage's RL2PPO examples (GRU 64, gamma 0.99, GAE lambda 0.95, clip 0.2, 10 epochs);
+Meta-World gets a 256-unit GRU. The value function has its own GRU by default: this PPO adds
+the unscaled value loss, and with gamma 0.99 and raw rewards its gradient would swamp the
+policy's in a shared GRU (``shared_gru`` switches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.agents.reference import RunningNormalizer
+from trmrl.errors import ConfigError
+from trmrl.ppo import PPOConfig
+from trmrl.sampling import StepInput, TrialBatch
+
+
+@dataclass
+class RL2Config(PPOConfig):
+    # `trmrl train` takes its per-env defaults from trmrl/configs/rl2.yaml (which also sets
+    # target_kl and init_std per env); these are the values of a bare RL2Config().
+    # PPO settings that differ from PPOConfig's (TrMRL's) defaults:
+    gamma: float = 0.99  # discount, across the episodes of a trial (garage RL2PPO)
+    gae_lambda: float = 0.95  # GAE lambda (garage RL2PPO)
+    lr_policy: float = 3e-4  # AdamW lr of the policy GRU, head and log-std
+    lr_value: float = 1e-3  # AdamW lr of the value GRU and head
+    minibatch_size: int = 5  # whole trials per gradient step (not timesteps)
+    max_grad_norm: float = 1.0  # gradient-norm clip over all parameters (0: off)
+    # the recurrent model
+    gru_size: int = 64  # GRU hidden units (garage's RL2: 64; Meta-World defaults: 256)
+    shared_gru: bool = False  # policy and value read one GRU (else one GRU each)
+    hidden: tuple[int, ...] = ()  # tanh MLP layers between the GRU state and the heads (): linear
+    init_std: float = 0.5  # initial action standard deviation
+    normalize_observations: bool = True  # scale observations by a running mean/std
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gru_size <= 0:
+            raise ConfigError(f"gru_size must be positive, got {self.gru_size!r}")
+        if any(size <= 0 for size in self.hidden):
+            raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)!r}")
+        if self.init_std <= 0:
+            raise ConfigError(f"init_std must be positive, got {self.init_std!r}")
+
+
+def make_gru(in_dim: int, size: int) -> nn.GRU:
+    """One GRU layer over [B, T, in], orthogonal weights and zero biases (as CleanRL's LSTM)."""
+    gru = nn.GRU(in_dim, size, batch_first=True)
+    for name, param in gru.named_parameters():
+        if name.startswith("weight"):
+            nn.init.orthogonal_(param)
+        else:
+            nn.init.zeros_(param)
+    return gru
+
+
+def gru_step(gru: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One step of ``gru`` for a batch: x [N, in], h [N, size] -> the new h [N, size]."""
+    return torch.gru_cell(x, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+
+
+@contextlib.contextmanager
+def float32_cudnn(device: torch.device):
+    """cuDNN runs float32 RNNs in TF32 by default on Ampere and later GPUs, while the acting
+    step (cuBLAS) is full float32: without this, acting and learning would disagree by
+    ~1e-3 and the PPO ratio would not start at 1. Scoped to the call (this package has no
+    other cuDNN op)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
+class RL2Model(nn.Module):
+    """GRU(s) over augmented inputs -> Gaussian policy mean (learned std) and value.
+
+    ``forward`` takes {"x": [N, in], "state": [N, state_size]} while acting (one step, sets
+    ``last_state`` to the new state and ``last_memory`` to the policy GRU's) or
+    {"x": [B, T, in]} when learning (whole trials from the zero state).
+    """
+
+    def __init__(self, in_dim: int, obs_dim: int, act_dim: int, config: RL2Config):
+        super().__init__()
+        self.gru_size = config.gru_size
+        # scales the first obs_dim inputs (the observation); a_{t-1}, r_{t-1}, d_t pass unchanged
+        self.normalizer = RunningNormalizer(obs_dim) if config.normalize_observations else None
+        self.policy_gru = make_gru(in_dim, config.gru_size)
+        self.value_gru = None if config.shared_gru else make_gru(in_dim, config.gru_size)
+        self.state_size = config.gru_size * (1 if config.shared_gru else 2)
+        self.policy = mlp([config.gru_size, *config.hidden, act_dim], out_gain=0.01)
+        self.value = mlp([config.gru_size, *config.hidden, 1])
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(config.init_std)))
+
+    def forward(self, inputs: dict[str, torch.Tensor]):
+        x = inputs["x"]
+        if self.normalizer is not None:
+            obs_dim = self.normalizer.mean.shape[0]
+            x = torch.cat([self.normalizer(x[..., :obs_dim]), x[..., obs_dim:]], -1)
+        if "state" in inputs:  # acting: one cell step for every trial
+            state, H = inputs["state"], self.gru_size
+            h_policy = gru_step(self.policy_gru, x, state[:, :H])
+            h_value = h_policy if self.value_gru is None else gru_step(self.value_gru, x, state[:, H:])
+            self.last_memory = h_policy  # what the policy acts on (latent maps)
+            self.last_state = h_policy if self.value_gru is None else torch.cat([h_policy, h_value], 1)
+        else:  # learning: whole trials, [B, T, in]
+            with float32_cudnn(x.device):
+                h_policy, _ = self.policy_gru(x)
+                h_value = h_policy if self.value_gru is None else self.value_gru(x)[0]
+        return self.policy(h_policy), self.value(h_value).squeeze(-1)
+
+    def policy_parameters(self):
+        return [*self.policy_gru.parameters(), *self.policy.parameters(), self.log_std]
+
+    def value_parameters(self):
+        gru = [] if self.value_gru is None else list(self.value_gru.parameters())
+        return [*gru, *self.value.parameters()]
+
+
+class RL2Agent(PPOAgent):
+    """RL2: a GRU over (s, a, r, d) carried across the episodes of a trial, trained with PPO."""
+
+    name = "rl2"
+    config_class = RL2Config
+    config: RL2Config
+    trial_minibatches = True  # the GRU must see each trial from its start
+
+    def build_model(self):
+        obs_dim, act_dim = self.suite.observation_dim, self.suite.action_dim
+        return RL2Model(obs_dim + act_dim + 2, obs_dim, act_dim, self.config)
+
+    # -- memory while acting: the GRU state of every trial ----------------------------------
+    def reset(self, num_trials: int) -> None:
+        self.state = torch.zeros(num_trials, self.model.state_size, device=self.device)
+
+    def step_inputs(self, step: StepInput):
+        return {"x": to_device(step.augmented(), self.device), "state": self.state}
+
+    def carry_state(self, state: torch.Tensor) -> None:
+        self.state = state.clone()  # a copy: a CUDA graph overwrites its output buffer
+
+    # -- the same inputs for whole trials ------------------------------------------------------
+    def batch_inputs(self, batch: TrialBatch):
+        return {"x": to_device(batch.augmented_inputs(), self.device)}
+
+    def update(self, batch: TrialBatch) -> dict[str, float]:
+        # statistics move between iterations only, so acting and learning in one
+        # iteration see identically scaled inputs (the PPO ratio starts at 1)
+        metrics = super().update(batch)
+        if self.model.normalizer is not None:
+            self.model.normalizer.update(to_device(batch.obs[batch.valid], self.device))
+        return metrics

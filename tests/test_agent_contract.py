@@ -1,0 +1,151 @@
+"""The agent interface contract, run against every registered agent (new ones join by
+registering): what training, evaluation and the workflow rely on from any agent.
+
+Agents are built tiny on the toy suite (tests/toy_suite.py) with overrides for the keys their
+config has, so each test takes about a second per agent.
+"""
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from toy_suite import ToySuite
+from trmrl import config as cfg
+from trmrl.agents import AGENT_NAMES, Agent, agent_class
+from trmrl.agents.base import RunConfig
+from trmrl.cli import main
+from trmrl.envs import ENV_NAMES
+from trmrl.sampling import PolicyOutput, StepInput, TrialSampler
+from trmrl.train import evaluate_on_test
+
+# applied where an agent's config has the key; small models where an agent has one
+SMALL = {"trials_per_update": 3, "epochs": 2, "minibatch_size": 2, "eval_tasks": 3,
+         "layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "wm_size": 3, "gru_size": 8,
+         "hidden": [8]}
+
+
+def small_config(name: str, **extra):
+    config_class = agent_class(name).config_class
+    keys = {f.name for f in dataclasses.fields(config_class)}
+    return cfg.build(config_class, {k: v for k, v in {**SMALL, **extra}.items() if k in keys})
+
+
+def make_agent(name: str, suite=None, seed: int = 0, **extra) -> Agent:
+    suite = suite or ToySuite(fall_at=4)  # early ends: trials carry padding
+    return agent_class(name)(small_config(name, **extra), suite, torch.device("cpu"), seed)
+
+
+def step_input(suite, n: int, rng: np.random.Generator, episode_start: bool) -> StepInput:
+    tasks = suite.tasks("test", 0, n)
+    return StepInput(obs=rng.normal(size=(n, suite.observation_dim)).astype(np.float32),
+                     prev_action=rng.uniform(-1, 1, (n, suite.action_dim)).astype(np.float32),
+                     prev_reward=rng.normal(size=n).astype(np.float32),
+                     episode_start=np.full(n, episode_start), active=np.ones(n, bool),
+                     task_features=np.stack([suite.task_features(t) for t in tasks]).astype(np.float32))
+
+
+agents = pytest.mark.parametrize("name", AGENT_NAMES)
+
+
+@agents
+def test_registration_and_versioned_defaults(name):
+    cls = agent_class(name)
+    assert cls.name == name and issubclass(cls, Agent) and issubclass(cls.config_class, RunConfig)
+    data = cfg.load_defaults(name)
+    assert isinstance(data["version"], int) and data["version"] >= 1
+    for env in ENV_NAMES:  # every env's defaults build (known keys, right types, valid)
+        cfg.build(cls.config_class, cfg.env_defaults(name, env)[0])
+    assert set(data.get("envs") or {}) <= set(ENV_NAMES)
+
+
+@agents
+def test_reset_and_act_shapes(name):
+    agent = make_agent(name)
+    suite, rng = agent.suite, np.random.default_rng(0)
+    for n in (1, 4):
+        agent.reset(n)
+        for t in range(3):
+            out = agent.act(step_input(suite, n, rng, episode_start=t == 0))
+            assert isinstance(out, PolicyOutput)
+            assert out.action.shape == (n, suite.action_dim) and np.isfinite(out.action).all()
+            for key, value in out.extras.items():  # per-step extras: one row per trial
+                assert np.asarray(value).shape[0] == n, key
+
+
+@agents
+def test_deterministic_acting_is_deterministic_and_reset_forgets(name):
+    agent = make_agent(name)
+    tasks = agent.suite.tasks("test", 0, 3)
+    with TrialSampler(agent.suite, num_envs=3, seed=1) as sampler:
+        first = sampler.run(agent, tasks, deterministic=True, call=0)
+        sampler.run(agent, agent.suite.tasks("test", 1, 3))  # stochastic trials in between
+        again = sampler.run(agent, tasks, deterministic=True, call=0)
+    np.testing.assert_array_equal(first.action, again.action)
+    np.testing.assert_array_equal(first.reward, again.reward)
+
+
+@agents
+def test_state_dict_round_trip_gives_identical_actions(name):
+    trained = make_agent(name, seed=0)
+    with TrialSampler(trained.suite, num_envs=3, seed=2) as sampler:
+        trained.train_iteration(sampler, trained.suite.tasks("train", 0, 3))
+    buffer = io.BytesIO()
+    torch.save(trained.state_dict(), buffer)  # as a checkpoint does
+    buffer.seek(0)
+    restored = make_agent(name, seed=5)  # other weights and generator until loaded
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    tasks = trained.suite.tasks("test", 0, 3)
+    for deterministic in (True, False):  # stochastic too: the generator is restored
+        batches = []
+        for agent in (trained, restored):
+            with TrialSampler(agent.suite, num_envs=3, seed=3) as sampler:
+                batches.append(sampler.run(agent, tasks, deterministic=deterministic, call=0))
+        np.testing.assert_array_equal(batches[0].action, batches[1].action)
+
+
+@agents
+def test_train_iteration_returns_finite_metrics(name):
+    agent = make_agent(name)
+    tasks = agent.suite.tasks("train", 0, 3)
+    with TrialSampler(agent.suite, num_envs=3, horizon=5, episodes_per_trial=3) as sampler:
+        result = agent.train_iteration(sampler, tasks)
+    assert result.env_steps == 3 * 3 * 4  # 3 trials x 3 episodes x 4 steps (fall_at=4)
+    assert result.episode_return.shape == (3, 3) and result.episode_success.shape == (3, 3)
+    assert result.metrics and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                  for v in result.metrics.values())
+
+
+@agents
+def test_evaluation_on_test_tasks(name):
+    agent = make_agent(name)
+    with TrialSampler(agent.suite, num_envs=3, seed=4) as sampler:
+        returns, success = evaluate_on_test(agent, sampler, seed=0)
+    assert returns.shape == success.shape == (3, agent.suite.episodes_per_trial)
+    assert np.isfinite(returns).all()
+
+
+@agents
+def test_train_and_evaluate_from_the_command_line(name, tmp_path):
+    """`trmrl train` then `trmrl evaluate --latents` on a real env at a tiny budget."""
+    run = tmp_path / "run"
+    keys = {f.name for f in dataclasses.fields(agent_class(name).config_class)}
+    tiny = {**SMALL, "trials_per_update": 2, "horizon": 20, "eval_every": 80, "eval_tasks": 2,
+            "checkpoint_every_s": 0}
+    args = ["train", "--agent", name, "--env", "cheetah-vel", "--seed", "0", "--out", str(run),
+            "--steps", "80", "--device", "cpu"]
+    for key, value in tiny.items():
+        if key in keys:
+            args += ["--set", f"{key}={value}"]
+    assert main(args) == 0
+    out, latents = tmp_path / "adaptation.csv", tmp_path / "latents.npz"
+    assert main(["evaluate", "--run", str(run), "--protocol", "adaptation", "--out", str(out),
+                 "--device", "cpu", "--tasks", "3", "--episodes", "2",
+                 "--latents", str(latents)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "task,task_param,episode,return,success" and len(lines) == 1 + 3 * 2
+    data = np.load(latents)
+    assert data["memory"].ndim == 2 and len(data["task"]) == len(data["memory"])
