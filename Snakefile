@@ -23,6 +23,8 @@ if not workflow.overwrite_configfiles:
 # validates the config against workflow/schemas/config.schema.yaml (filling its defaults),
 # then plans the runs: agent x env x seed, plus ablation variants
 include: "workflow/rules/common.smk"
+# with profiles/slurm: the profile's settings checked against the cluster before submission
+include: "workflow/rules/cluster.smk"
 
 
 include: "workflow/rules/train.smk"
@@ -34,6 +36,8 @@ include: "workflow/rules/figures.smk"
 report: "workflow/report/workflow.rst"
 
 
+# On a cluster only train and evaluate jobs are submitted; tables, figures and the report are
+# short and run where snakemake runs.
 localrules:
     all,
     runs,
@@ -41,6 +45,17 @@ localrules:
     tables,
     config_snapshot,
     report,
+    aggregate_training_curves,
+    aggregate_adaptation,
+    aggregate_ood,
+    aggregate_ablations,
+    aggregate_scores,
+    figure_training_curves,
+    figure_adaptation,
+    figure_ood,
+    figure_ablations,
+    figure_latent_map,
+    figure_aggregate,
 
 
 rule all:

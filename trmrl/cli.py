@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
 from trmrl.envs import ENV_NAMES, SPLITS, make_suite
-from trmrl.errors import TrainingDiverged, UserError
+from trmrl.errors import Terminated, TrainingDiverged, UserError
 
 
 class UsageError(Exception):
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"trmrl: error: {error}", file=sys.stderr)
         return 1
+    except Terminated as error:  # SIGTERM: the exit status of a process it killed
+        print(f"trmrl: {error}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("trmrl: interrupted", file=sys.stderr)
         return 130

@@ -15,3 +15,8 @@ class RunError(UserError):
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops and keeps its last good checkpoint (exit 1)."""
+
+
+class Terminated(RuntimeError):
+    """SIGTERM stopped a run, after a checkpoint where it could write one (exit 143, like a
+    process killed by SIGTERM: schedulers treat it as transient and may run it again)."""

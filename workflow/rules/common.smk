@@ -280,11 +280,14 @@ def run_of(wildcards):
 
 
 def job_resources(kind, key):
-    """Resource `key` of a train/evaluate job on the job's env (`resources.<kind>.envs` wins)."""
+    """Resource `key` of a train/evaluate job on the job's env (`resources.<kind>.envs` wins).
+    A job that runs on cuda (`device`) asks for at least one `gpu`: on SLURM that is its GPU."""
     spec = config["resources"][kind]
+    least = 1 if key == "gpu" and str(config["device"]).startswith("cuda") else 0
 
     def lookup(wildcards):
-        return spec.get("envs", {}).get(wildcards.env, {}).get(key, spec[key])
+        value = spec.get("envs", {}).get(wildcards.env, {}).get(key, spec[key])
+        return max(value, least) if key == "gpu" else value
 
     return lookup
 

@@ -19,6 +19,7 @@ rule evaluate_adaptation:
         mem_mb=job_resources("evaluate", "mem_mb"),
         runtime=job_resources("evaluate", "runtime"),
         gpu=job_resources("evaluate", "gpu"),
+        cpus_per_task=job_resources("evaluate", "cpus"),
     conda:
         "../../environment.yml"
     shell:
@@ -41,6 +42,7 @@ rule evaluate_ood:
         mem_mb=job_resources("evaluate", "mem_mb"),
         runtime=job_resources("evaluate", "runtime"),
         gpu=job_resources("evaluate", "gpu"),
+        cpus_per_task=job_resources("evaluate", "cpus"),
     conda:
         "../../environment.yml"
     shell:

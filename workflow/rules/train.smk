@@ -26,14 +26,25 @@ rule train:
         mem_mb=job_resources("train", "mem_mb"),
         runtime=job_resources("train", "runtime"),
         gpu=job_resources("train", "gpu"),
+        cpus_per_task=job_resources("train", "cpus"),  # SLURM: the CPUs behind `threads`
+        attempt=lambda wildcards, attempt: attempt,  # 1, then 2, ... on snakemake's --retries
     conda:
         "../../environment.yml"
     # OMP_NUM_THREADS sizes torch's thread pool: by default it takes every core, which
-    # slows jobs that share a machine ~5x
+    # slows jobs that share a machine ~5x.
+    # Retries (--retries, profiles/slurm) are for jobs that were killed: cancelled, preempted
+    # or timed out by SLURM; the run resumes from its checkpoint. A real error (exit 1: the run
+    # diverged or crashed, 2: bad input) is kept in <log>.failed, and the retries of this
+    # snakemake invocation stop at once with that log instead of repeating it.
     shell:
+        "failed={log}.failed; "
+        "if [ {resources.attempt} -eq 1 ]; then rm -f $failed; elif [ -e $failed ]; then "
+        "cat $failed > {log}; echo \"not retried: an earlier attempt failed with this error, "
+        "not a kill by the cluster; fix it and run snakemake again\" >> {log}; exit 1; fi; "
         "OMP_NUM_THREADS={threads} trmrl train --agent {params.agent} --env {wildcards.env} "
         "--seed {wildcards.seed} --out {params.run_dir} {params.steps} --device {params.device} "
         "{params.overrides} > {log} 2>&1 "
         "|| {{ status=$?; [ $status -ne 2 ] || echo 'hint: a run directory keeps its "
         "hyperparameters; to retrain with new ones, bump train_revision in the config' >> {log}; "
+        "[ $status -gt 2 ] || cp {log} $failed; "
         "exit $status; }}"
