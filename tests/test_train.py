@@ -65,6 +65,28 @@ def test_finished_run_is_not_retrained_and_can_be_extended(tmp_path):
     assert max(int(r[0]) for r in rows(run / "progress.csv")[1:]) == 320
 
 
+def test_run_older_than_a_hyperparameter_resumes_at_its_default(tmp_path):
+    """A run started before `target_kl` and `minibatch_steps` existed: it resumes (the new key
+    at the default the run behaved as is no change), config.yaml gains the key, and
+    metrics.csv keeps its header. (TrMRL's defaults v3 set target_kl, so an older TrMRL run
+    resumes only with --set target_kl=0: the check compares against the current defaults.)"""
+    run = tmp_path / "run"
+    assert main(train_args(run, steps=160, agent="oracle")) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["hyperparameters"]["target_kl"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    metrics = rows(run / "metrics.csv", drop_wall=False)
+    old_header = [c for c in metrics[0] if c != "minibatch_steps"]
+    (run / "metrics.csv").write_text("\n".join(",".join(r[:len(old_header)]) for r in
+                                               [old_header, *metrics[1:]]) + "\n")
+    assert main(train_args(run, steps=320, agent="oracle")) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["hyperparameters"]["target_kl"] == 0.0
+    resumed = rows(run / "metrics.csv", drop_wall=False)
+    assert resumed[0] == old_header and all(len(r) == len(old_header) for r in resumed)
+    assert len(resumed) == 1 + 4
+    assert main(train_args(run, steps=320, agent="oracle", extra=["target_kl=0.5"])) == 2  # a real change
+
+
 def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     assert main(train_args(reference, steps=960)) == 0
@@ -128,7 +150,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     out = str(tmp_path / "x")
     base = ["--env", "cheetah-vel", "--seed", "0", "--out", out]
     one_line_error(capsys, ["train", "--agent", "nope", *base], "'nope'", "trmrl", "memoryless")
-    one_line_error(capsys, ["train", "--agent", "rl2", *base], "not implemented")
+    one_line_error(capsys, ["train", "--agent", "maml", *base], "not implemented")
     one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--set", "layer=2"], "'layer'", "layers")
     one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--set", "layers=two"], "'layers'", "int")
     one_line_error(capsys, ["train", "--agent", "trmrl", *base, "--set", "layers"], "key=value")
@@ -214,3 +236,35 @@ def test_evaluate_task_and_episode_counts(tmp_path):
     assert main(["evaluate", "--run", str(run), "--protocol", "adaptation", "--out", str(out),
                  "--device", "cpu", "--tasks", "3", "--episodes", "2"]) == 0
     assert len(rows(out)) == 1 + 3 * 2
+
+
+def test_sigterm_checkpoints_the_iteration_and_exits_143(tmp_path):
+    """SLURM sends SIGTERM before it kills a job that is cancelled, preempted or out of time:
+    the run checkpoints at the end of its iteration and exits 143, so that nothing is lost."""
+    reference = tmp_path / "reference"
+    assert main(train_args(reference, steps=960)) == 0
+
+    run = tmp_path / "terminated"
+    # no periodic checkpoint: only SIGTERM writes one mid-run
+    args = train_args(run, steps=960, extra=["checkpoint_every_s=3600"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "trmrl.cli", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = run / "progress.csv"
+        if progress.exists() and len(progress.read_text().splitlines()) > 12:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "terminated by SIGTERM at env step" in err and "checkpoint saved" in err, err
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert 0 < state["env_steps"] < 960, "SIGTERM came too late"
+    # the checkpoint holds every row written: a resume drops nothing
+    assert state["progress_bytes"] == (run / "progress.csv").stat().st_size
+    assert max(int(r[0]) for r in rows(run / "progress.csv")[1:]) == state["env_steps"]
+
+    assert main(args) == 0
+    assert rows(run / "progress.csv") == rows(reference / "progress.csv")

@@ -166,6 +166,38 @@ def test_clipped_surrogate_on_a_known_batch():
     assert stats["clip_fraction"] == pytest.approx(1.0)
 
 
+def test_far_off_policy_ratio_stays_finite():
+    """A log-ratio of 200 (tiny std, moved mean) would overflow exp() to inf and the
+    loss to NaN; the cap keeps the loss finite and the gradient of a negative advantage."""
+    param = torch.nn.Parameter(torch.zeros(()))
+    samples = {"logp": torch.zeros(2), "advantage": torch.tensor([1.0, -1.0]), "return": torch.zeros(2)}
+
+    def evaluate(minibatch):
+        n = len(minibatch["logp"])
+        return torch.full((n,), 200.0) + param, torch.zeros(n), torch.zeros(n) + 0 * param
+
+    stats = ppo_update(evaluate, samples, torch.optim.SGD([param], lr=0.0), [param],
+                       PPOConfig(epochs=1, minibatch_size=2), torch.Generator())
+    assert math.isfinite(stats["loss"]) and stats["policy_loss"] > 0
+
+
+@pytest.mark.parametrize("target_kl, steps", [(0.0, 6), (0.05, 2)])
+def test_target_kl_ends_the_iteration_early(target_kl, steps):
+    """The first step sees the old policy (KL 0) and moves it far (log-ratio 4), so the
+    second step's KL exceeds 1.5 x target and the updates stop there (6 planned)."""
+    param = torch.nn.Parameter(torch.zeros(()))
+    samples = {"logp": torch.zeros(4), "advantage": torch.ones(4), "return": torch.zeros(4)}
+    optimizer = torch.optim.SGD([param], lr=1.0)
+
+    def evaluate(minibatch):  # first step: d(loss)/d(param) = -2, so param becomes 2
+        n = len(minibatch["logp"])
+        return 2 * param.expand(n), torch.zeros(n), torch.zeros(n) + 0 * param
+
+    config = PPOConfig(epochs=3, minibatch_size=2, clip=10.0, target_kl=target_kl)
+    stats = ppo_update(evaluate, samples, optimizer, [param], config, torch.Generator().manual_seed(0))
+    assert stats["minibatch_steps"] == steps
+
+
 def test_non_finite_loss_raises():
     param = torch.nn.Parameter(torch.zeros(()))
     samples = {"logp": torch.zeros(2), "advantage": torch.ones(2), "return": torch.zeros(2)}
@@ -186,6 +218,15 @@ def test_config_rejects_bad_values():
         cfg.build(TrMRLConfig, {"layer": 2})
     with pytest.raises(cfg.ConfigError, match="'tfixup' must be bool"):
         cfg.build(TrMRLConfig, {"tfixup": "maybe"})
+    with pytest.raises(cfg.ConfigError, match="'lr_policy' must be float, got 'fast'"):
+        cfg.build(TrMRLConfig, cfg.parse_overrides(["lr_policy=fast"]))
+
+
+def test_set_accepts_numbers_without_a_dot():
+    """YAML 1.1 reads 3e-5 and 2e7 as strings; --set must still take them as numbers."""
+    config = cfg.build(TrMRLConfig, cfg.parse_overrides(["lr_policy=3e-5", "steps=2e7", "clip=1"]))
+    assert (config.lr_policy, config.steps, config.clip) == (3e-5, 20_000_000, 1.0)
+    assert isinstance(config.steps, int) and isinstance(config.clip, float)
 
 
 # -- learning ---------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ def coerce(key: str, value: Any, hint: Any, source: str = "config") -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return coerce(key, value, inner[0], source)
+    if hint in (int, float) and isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads 3e-5 and 2e7 (no dot) as strings
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -86,6 +88,17 @@ def coerce(key: str, value: Any, hint: Any, source: str = "config") -> Any:
             return tuple(coerce(key, v, args[0], source) for v in value)
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{source} key {key!r} must be {name}, got {value!r}")
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text  # not a number: the caller reports the type error
 
 
 def to_dict(config) -> dict[str, Any]:

@@ -5,6 +5,8 @@ index per evaluation), metrics.csv (the agent's losses per iteration: KL, clip f
 value loss, ...) and checkpoint.pt (written atomically). A run killed at any moment
 resumes from its last checkpoint: rows written after it are dropped from progress.csv,
 and on CPU the resumed run reproduces the uninterrupted one row for row (``wall_s`` aside).
+SIGTERM (what SLURM sends before it kills a job that is cancelled, preempted or out of time)
+stops the run after the current iteration with a checkpoint, so that nothing is lost.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import io
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,7 @@ import trmrl
 from trmrl import config as cfg
 from trmrl.agents import Agent, agent_class, check_agent_name
 from trmrl.envs import SuiteError, check_env_name, make_suite
-from trmrl.errors import RunError, TrainingDiverged
+from trmrl.errors import RunError, Terminated, TrainingDiverged, UserError
 from trmrl.sampling import TrialSampler
 from trmrl.utils import atomic_write_bytes, available_cpus, format_duration, git_commit
 
@@ -101,6 +105,9 @@ def _check_existing_run(run_dir: Path, spec: RunSpec) -> None:
                        f"seed={old_id[2]}, not agent={spec.agent} env={spec.env} "
                        f"seed={spec.seed}; use another --out")
     new_hp = cfg.to_dict(spec.hyperparameters)
+    # a key added to the code after the run began: the run behaved as the key's default
+    # (new hyperparameters always default to the behaviour from before they existed)
+    old_hp = {**cfg.to_dict(type(spec.hyperparameters)()), **old_hp}
     changed = [k for k in new_hp if k not in OPERATIONAL_KEYS and old_hp.get(k) != new_hp[k]]
     if changed:
         diffs = ", ".join(f"{k}: {old_hp.get(k)!r} -> {new_hp[k]!r}" for k in changed)
@@ -134,13 +141,21 @@ def _progress_rows(env_steps: int, wall_s: float, split: str, returns: np.ndarra
 
 def _append_metrics(path: Path, env_steps: int, iteration: int, wall_s: float,
                     metrics: dict[str, float]) -> None:
-    """One row per iteration; the header is the first iteration's metric names."""
+    """One row per iteration; the header is the first iteration's metric names. A run
+    resumed by a newer version keeps its header (metrics it did not have are left out)."""
+    row = {"env_steps": env_steps, "iteration": iteration, "wall_s": f"{wall_s:.1f}",
+           **{k: f"{v:.6g}" for k, v in metrics.items()}}
     new = not path.exists() or path.stat().st_size == 0
+    if new:
+        header = list(row)
+    else:
+        with open(path, newline="") as handle:
+            header = next(csv.reader(handle))
     with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.DictWriter(handle, header, extrasaction="ignore")
         if new:
-            writer.writerow(["env_steps", "iteration", "wall_s", *metrics])
-        writer.writerow([env_steps, iteration, f"{wall_s:.1f}", *(f"{v:.6g}" for v in metrics.values())])
+            writer.writeheader()
+        writer.writerow(row)
 
 
 class _Progress:
@@ -172,6 +187,29 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _StopOnSigterm:
+    """Once installed, SIGTERM only sets ``requested``: the training loop then checkpoints and
+    stops at the end of the iteration (SLURM waits KillWait, 30 s by default, before SIGKILL).
+    Signal handlers can only be installed from the main thread; elsewhere SIGTERM keeps its
+    default action and a killed run loses at most one checkpoint interval, as after SIGKILL."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,8 +258,9 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         with open(progress_path, "w", newline="") as handle:
             csv.writer(handle).writerow(PROGRESS_COLUMNS)
         metrics_path.unlink(missing_ok=True)  # its header comes with the first iteration
-        log.info("training %s on %s, seed %d, %d env steps, device %s -> %s",
-                 spec.agent, spec.env, spec.seed, hp.steps, spec.device, run_dir)
+        log.info("training %s on %s, seed %d, %d env steps, device %s, %d CPU threads -> %s",
+                 spec.agent, spec.env, spec.seed, hp.steps, spec.device, torch.get_num_threads(),
+                 run_dir)
     else:
         _restore_agent(agent, checkpoint, checkpoint_path)
         task_rng.bit_generator.state = checkpoint["task_rng"]
@@ -236,10 +275,14 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                 handle.truncate(checkpoint.get("metrics_bytes", 0))
         config = yaml.safe_load(config_path.read_text())
         current = cfg.to_dict(hp)
-        if any(config["hyperparameters"].get(k) != current[k] for k in OPERATIONAL_KEYS):
-            config["hyperparameters"].update({k: current[k] for k in OPERATIONAL_KEYS})
+        # record new operational values and keys the run predates (at their defaults)
+        update = {k: v for k, v in current.items()
+                  if k in OPERATIONAL_KEYS or k not in config["hyperparameters"]}
+        if any(config["hyperparameters"].get(k, object()) != v for k, v in update.items()):
+            config["hyperparameters"].update(update)
             atomic_write_bytes(config_path, yaml.safe_dump(config, sort_keys=False).encode())
-        log.info("resuming %s at env step %d of %d", run_dir, env_steps, hp.steps)
+        log.info("resuming %s at env step %d of %d, device %s, %d CPU threads", run_dir,
+                 env_steps, hp.steps, spec.device, torch.get_num_threads())
 
     started = time.perf_counter()
     last_checkpoint = started
@@ -260,6 +303,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         torch.save(state, buffer)
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
 
+    stop = _StopOnSigterm()
+    stop.install()
     try:
         while env_steps < hp.steps or next_eval <= env_steps:
             rows = []
@@ -289,10 +334,24 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                 os.fsync(handle.fileno())
             progress.update(env_steps, latest_test)
             done = env_steps >= hp.steps and next_eval > env_steps
-            if done or time.perf_counter() - last_checkpoint >= hp.checkpoint_every_s:
+            if done or stop.requested or \
+                    time.perf_counter() - last_checkpoint >= hp.checkpoint_every_s:
                 save_checkpoint()
                 last_checkpoint = time.perf_counter()
+            if stop.requested and not done:
+                raise Terminated(f"terminated by SIGTERM at env step {env_steps} of "
+                                 f"{hp.steps}, checkpoint saved: run the same command to "
+                                 "resume")
+    except Exception as error:
+        # SIGTERM reaches the sampler's worker processes too, which then fail the iteration:
+        # still a termination (a scheduler may run the job again), not an error of the run
+        if stop.requested and not isinstance(error, (Terminated, TrainingDiverged, UserError)):
+            raise Terminated(f"terminated by SIGTERM at env step {env_steps} of {hp.steps} "
+                             f"({type(error).__name__}: {error}); the run resumes from its last "
+                             "checkpoint") from error
+        raise
     finally:
+        stop.uninstall()
         progress.close()
         sampler.close()
         eval_sampler.close()
