@@ -1,11 +1,19 @@
 """Trial bookkeeping of the sampler, on the exactly predictable toy suite."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from toy_suite import ToySuite
-from trmrl.envs import SuiteError
-from trmrl.sampling import PolicyOutput, RandomPolicy, TrialSampler
+from trmrl.env_slots import POLL_S, worker_cpus
+from trmrl.envs import SuiteError, Task, make_suite
+from trmrl.sampling import PolicyOutput, RandomPolicy, SamplerError, TrialSampler
 
 
 class ScriptedPolicy:
@@ -106,9 +114,9 @@ def test_inactive_trials_are_flagged_to_the_policy():
     assert len(policy.inputs) == 2 * suite.episodes_per_trial
 
 
-def _random_batch(seed, workers=0, call_twice=False):
+def _random_batch(seed, call_twice=False):
     suite = ToySuite()
-    with TrialSampler(suite, num_envs=4, num_workers=workers, seed=seed) as sampler:
+    with TrialSampler(suite, num_envs=4, seed=seed) as sampler:
         if call_twice:
             sampler.run(RandomPolicy([-1], [1], seed=1), suite.tasks("test", 0, 4))
         return sampler.run(RandomPolicy([-1], [1], seed=1), suite.tasks("test", 0, 4))
@@ -123,10 +131,174 @@ def test_same_seed_same_trials_different_seed_different_resets():
     assert not np.array_equal(a.obs[:, 0, 1], d.obs[:, 0, 1])
 
 
-def test_worker_processes_give_identical_trials():
-    a, b = _random_batch(3, workers=0), _random_batch(3, workers=2)
-    for name in ("obs", "reward", "next_obs", "episode_start", "valid", "success"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+# ---------------------------------------------------------------------------------------
+# Worker processes (shared memory): same trials, clear failures, clean shutdown
+# ---------------------------------------------------------------------------------------
+def _trials(suite, workers, num_tasks=7, num_envs=5, **kwargs):
+    """Two calls (fresh reset seeds each) of random trials, with a per-step policy extra."""
+    _, act_space = suite.spaces()
+    rng = np.random.default_rng(0)
+
+    class Policy(RandomPolicy):
+        def act(self, step, deterministic=False):
+            out = super().act(step, deterministic)
+            out.extras["obs_sum"] = step.obs.sum(1)  # depends on what the envs returned
+            return out
+
+    with TrialSampler(suite, num_envs=num_envs, num_workers=workers, seed=11, **kwargs) as sampler:
+        return [sampler.run(Policy(act_space.low, act_space.high, seed=1),
+                            suite.sample_tasks(rng, num_tasks)) for _ in range(2)]
+
+
+def _assert_same_batches(a, b):
+    for name, value in vars(a).items():
+        if name == "tasks":
+            assert value == b.tasks
+        elif name == "extras":
+            assert value.keys() == b.extras.keys()
+            for key in value:
+                np.testing.assert_array_equal(value[key], b.extras[key], err_msg=key)
+        else:
+            other = getattr(b, name)
+            assert value.dtype == other.dtype, name
+            np.testing.assert_array_equal(value, other, err_msg=name)
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (lambda: ToySuite(), {}),
+    (lambda: ToySuite(fall_at=3), {}),  # terminations: padded steps, resets mid-trial
+    (lambda: make_suite("cheetah-vel"), {"horizon": 30}),
+    (lambda: make_suite("hopper-params"), {"horizon": 60, "episodes_per_trial": 3}),  # falls
+], ids=["toy", "toy-terminating", "cheetah-vel", "hopper-params"])
+def test_worker_processes_give_identical_trials(make, kwargs):
+    # 7 tasks on 5 slots: two rounds, the second leaves slots idle; 2 workers get 3 and 2 slots
+    suite = make()
+    local, shared = _trials(suite, 0, **kwargs), _trials(suite, 2, **kwargs)
+    for a, b in zip(local, shared):
+        _assert_same_batches(a, b)
+    assert not np.array_equal(local[0].obs[:, 0], local[1].obs[:, 0])  # fresh resets per call
+    if isinstance(suite, ToySuite) and suite.fall_at or suite.name == "hopper-params":
+        assert not local[0].valid.all()
+
+
+def _broken_task(index):
+    return Task("toy", "test", index, {}, "no target")  # ToyEnv.step raises KeyError('target')
+
+
+def test_env_error_in_a_worker_names_worker_slot_and_task():
+    suite = ToySuite()
+    tasks = suite.tasks("test", 0, 4)
+    with TrialSampler(suite, num_envs=4, num_workers=2) as sampler:
+        with pytest.raises(SamplerError, match=r"sampler worker 1 .*env slot 3 \(task 9 .*no target"
+                                               r"\) failed in step: KeyError: 'target'"):
+            sampler.run(counting_policy(), tasks[:3] + [_broken_task(9)])
+        batch = sampler.run(counting_policy(), tasks)  # the workers survive a failed env
+    assert batch.valid.all()
+
+
+def test_env_error_in_process_names_the_slot():
+    suite = ToySuite()
+    with TrialSampler(suite, num_envs=2) as sampler, \
+            pytest.raises(SamplerError, match=r"env slot 1 \(task 4 .*KeyError"):
+        sampler.run(counting_policy(), suite.tasks("test", 0, 1) + [_broken_task(4)])
+
+
+def test_an_error_while_the_workers_step_leaves_them_in_step():
+    # extras are recorded while the workers step: a bad one raises between wake and wait
+    suite = ToySuite()
+    tasks = suite.tasks("test", 0, 4)
+    bad = ScriptedPolicy(lambda s: np.zeros((len(s.obs), 1), np.float32))
+    bad.act = lambda step, deterministic=False: PolicyOutput(np.zeros((4, 1), np.float32),
+                                                             {"bad": np.zeros(3)})
+    with TrialSampler(suite, num_envs=4, num_workers=2) as shared, TrialSampler(suite, num_envs=4) as local:
+        with pytest.raises(ValueError):
+            shared.run(bad, tasks)
+        a, b = shared.run(counting_policy(), tasks, call=3), local.run(counting_policy(), tasks, call=3)
+    _assert_same_batches(a, b)
+
+
+def test_dead_worker_is_reported():
+    suite = ToySuite()
+    with TrialSampler(suite, num_envs=4, num_workers=2) as sampler:
+        victim = sampler._slots.processes[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        with pytest.raises(SamplerError, match=r"sampler worker 1 .*env slots 2-3.* exit code -9"):
+            sampler.run(counting_policy(), suite.tasks("test", 0, 4))
+    assert not any(p.is_alive() for p in sampler._slots.processes)
+
+
+def test_close_stops_workers():
+    with TrialSampler(ToySuite(), num_envs=3, num_workers=3) as sampler:
+        processes = list(sampler._slots.processes)
+        assert all(p.is_alive() for p in processes)
+    assert all(p.exitcode == 0 for p in processes)
+    sampler.close()  # twice is fine
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity API")
+def test_workers_are_pinned_inside_the_affinity_mask_and_single_threaded():
+    allowed = os.sched_getaffinity(0)
+    omp = os.environ.get("OMP_NUM_THREADS")
+    with TrialSampler(ToySuite(), num_envs=4, num_workers=2, pin_workers=True) as sampler:
+        pids = [p.pid for p in sampler._slots.processes]
+        masks = [os.sched_getaffinity(pid) for pid in pids]
+        environs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in pids]
+    assert all(len(mask) == 1 and mask <= allowed for mask in masks)
+    assert len(allowed) == 1 or masks[0] != masks[1]
+    assert all(b"OMP_NUM_THREADS=1" in env for env in environs)
+    assert os.environ.get("OMP_NUM_THREADS") == omp  # the parent's setting is untouched
+    # by default only workers that fill the mask are pinned
+    assert worker_cpus(len(allowed), None) == sorted(allowed)
+    assert worker_cpus(len(allowed) + 1, None)[-1] == min(allowed)
+    if len(allowed) > 1:
+        assert worker_cpus(1, None) == [None]
+
+
+_ORPHAN_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from toy_suite import ToySuite
+from trmrl.sampling import TrialSampler
+if __name__ == "__main__":
+    sampler = TrialSampler(ToySuite(), num_envs=2, num_workers=2)
+    print(" ".join(str(p.pid) for p in sampler._slots.processes), flush=True)
+    semaphores = [*sampler._slots.go, sampler._slots.done]
+    print(" ".join(s._semlock.name.lstrip("/") for s in semaphores), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_die_with_a_killed_parent_and_leave_no_shared_memory(tmp_path):
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT.format(tests=str(Path(__file__).parent)))
+    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    pid_line, semaphore_line = result.stdout.splitlines()
+    pids = [int(pid) for pid in pid_line.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10 * POLL_S
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in pids)
+    if shm:
+        # the shared block's file is unlinked at creation; the named semaphores are unlinked
+        # by multiprocessing's resource tracker once every process that used them is gone
+        semaphores = [f"sem.{name}" for name in semaphore_line.split()]
+        while any(os.path.exists(f"/dev/shm/{name}") for name in semaphores) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [name for name in semaphores if os.path.exists(f"/dev/shm/{name}")]
+        assert not [name for name in set(os.listdir("/dev/shm")) - shm if name.startswith(("pym", "psm"))]
 
 
 @pytest.mark.parametrize("kwargs, word", [({"horizon": 0}, "horizon"),

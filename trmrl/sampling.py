@@ -1,7 +1,8 @@
 """Trials: K episodes on one task with the agent's memory kept across them.
 
 :class:`TrialSampler` runs many trials at once (one env slot per trial, optionally spread
-over worker processes) and returns whole trials as arrays of shape ``[trials, K*H, ...]``.
+over worker processes that share memory with this one: :mod:`trmrl.env_slots`) and returns
+whole trials as arrays of shape ``[trials, K*H, ...]``.
 Every step carries the standard augmented input of memory-based meta-RL agents:
 ``(obs_t, a_{t-1}, r_{t-1}, d_t)`` where ``d_t`` marks the first step of an episode. At an
 episode boundary inside a trial the previous action and reward are those of the last step of
@@ -13,12 +14,13 @@ same seed gives the same trials whatever the number of workers.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from trmrl.env_slots import LocalSlots, SamplerError, WorkerSlots, reset_seed
 from trmrl.envs import SuiteError, Task, TaskSuite, make_suite
 from trmrl.envs.base import check_positive
 
@@ -67,6 +69,10 @@ class RandomPolicy:
     def __init__(self, action_low: np.ndarray, action_high: np.ndarray, seed: int = 0):
         self.low, self.high = np.asarray(action_low), np.asarray(action_high)
         self.rng = np.random.default_rng(seed)
+        # rng.uniform(low, high) draws low + (high - low) * random() in float64; spelled out,
+        # the same numbers cost a third of the time (it matters in sampler benchmarks)
+        self._low64 = self.low.astype(np.float64)
+        self._span64 = self.high.astype(np.float64) - self._low64
 
     def reset(self, num_trials: int) -> None:
         pass
@@ -75,7 +81,10 @@ class RandomPolicy:
         n = len(step.obs)
         if deterministic:
             return PolicyOutput(np.broadcast_to((self.low + self.high) / 2, (n, len(self.low))).copy())
-        return PolicyOutput(self.rng.uniform(self.low, self.high, size=(n, len(self.low))))
+        action = self.rng.random((n, len(self.low)))
+        action *= self._span64
+        action += self._low64
+        return PolicyOutput(action)
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,131 +159,6 @@ class TrialBatch:
 
 
 # ---------------------------------------------------------------------------------------
-# Env slots, in this process or in a worker
-# ---------------------------------------------------------------------------------------
-class EnvGroup:
-    """A fixed set of env slots of one suite, stepped together (suites pickle to workers)."""
-
-    def __init__(self, suite: TaskSuite, num_envs: int):
-        self.envs = [suite.make_env() for _ in range(num_envs)]
-        self.has_success = suite.has_success
-
-    def set_tasks(self, slots: list[int], tasks: list[Task]) -> None:
-        for slot, task in zip(slots, tasks):
-            self.envs[slot].set_task(task)
-
-    def reset(self, slots: list[int], seeds: list[int]) -> np.ndarray:
-        return np.stack([self.envs[s].reset(seed=int(seed))[0] for s, seed in zip(slots, seeds)])
-
-    def step(self, slots: list[int], actions: np.ndarray):
-        obs, rewards, terminated, success = [], [], [], []
-        for slot, action in zip(slots, actions):
-            o, r, term, _, info = self.envs[slot].step(action)
-            obs.append(o)
-            rewards.append(r)
-            terminated.append(term)
-            success.append(float(info["success"]) if self.has_success else np.nan)
-        return np.stack(obs), np.asarray(rewards), np.asarray(terminated), np.asarray(success)
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-
-
-def _worker(pipe, suite: TaskSuite, num_envs: int) -> None:
-    group = EnvGroup(suite, num_envs)
-    pipe.send("ready")
-    while True:
-        method, args = pipe.recv()
-        if method == "close":
-            group.close()
-            pipe.close()
-            return
-        try:
-            pipe.send(("ok", getattr(group, method)(*args)))
-        except Exception as error:  # report to the parent instead of dying silently
-            pipe.send(("error", f"{type(error).__name__}: {error}"))
-
-
-class _RemoteGroup:
-    def __init__(self, suite: TaskSuite, num_envs: int, context):
-        self.pipe, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, suite, num_envs), daemon=True)
-        self.process.start()
-        child.close()
-        if self.pipe.recv() != "ready":
-            raise RuntimeError("sampler worker failed to start")
-
-    def call(self, method: str, *args):
-        self.pipe.send((method, args))
-        status, result = self.pipe.recv()
-        if status == "error":
-            raise RuntimeError(f"sampler worker: {result}")
-        return result
-
-    def close(self) -> None:
-        try:
-            self.pipe.send(("close", ()))
-        except (BrokenPipeError, OSError):
-            pass
-        self.process.join(timeout=5)
-
-
-class _Slots:
-    """Maps global slot numbers to (group, local slot) and fans calls out to the groups."""
-
-    def __init__(self, suite: TaskSuite, num_envs: int, num_workers: int):
-        if num_workers == 0:
-            self.groups = [EnvGroup(suite, num_envs)]
-            self.sizes = [num_envs]
-            self.remote = False
-        else:
-            context = mp.get_context("spawn")  # fork after torch threads is unsafe
-            self.sizes = [len(c) for c in np.array_split(np.arange(num_envs), num_workers)]
-            self.groups = [_RemoteGroup(suite, size, context) for size in self.sizes]
-            self.remote = True
-        self.offsets = np.cumsum([0] + self.sizes)
-
-    def _split(self, slots: np.ndarray):
-        for g, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
-            mask = (slots >= lo) & (slots < hi)
-            if mask.any():
-                yield g, mask, (slots[mask] - lo).tolist()
-
-    def _call(self, g: int, method: str, *args):
-        if self.remote:
-            return self.groups[g].call(method, *args)
-        return getattr(self.groups[g], method)(*args)
-
-    def set_tasks(self, slots: np.ndarray, tasks: list[Task]) -> None:
-        for g, mask, local in self._split(slots):
-            self._call(g, "set_tasks", local, [t for t, m in zip(tasks, mask) if m])
-
-    def reset(self, slots: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        parts = {g: (mask, self._call(g, "reset", local, seeds[mask].tolist()))
-                 for g, mask, local in self._split(slots)}
-        return _merge(len(slots), parts)
-
-    def step(self, slots: np.ndarray, actions: np.ndarray):
-        parts = {g: (mask, self._call(g, "step", local, actions[mask]))
-                 for g, mask, local in self._split(slots)}
-        return tuple(_merge(len(slots), {g: (m, r[i]) for g, (m, r) in parts.items()})
-                     for i in range(4))
-
-    def close(self) -> None:
-        for group in self.groups:
-            group.close()
-
-
-def _merge(n: int, parts: dict) -> np.ndarray:
-    first = next(iter(parts.values()))[1]
-    out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
-    for mask, values in parts.values():
-        out[mask] = values
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # The sampler
 # ---------------------------------------------------------------------------------------
 class TrialSampler:
@@ -286,25 +170,38 @@ class TrialSampler:
         horizon: steps per episode (default: the suite's).
         episodes_per_trial: K (default: the suite's).
         num_workers: 0 steps every env in this process; W > 0 spreads the slots over W
-            worker processes. Results do not depend on it.
+            worker processes that share observations, actions and rewards with this one
+            through shared memory (see :mod:`trmrl.env_slots`). Results do not depend on it.
         seed: base seed of every env reset.
+        pin_workers: pin each worker to one CPU of this process's affinity mask; the default
+            (None) pins when the workers fill the mask.
     """
 
     def __init__(self, suite: TaskSuite | str, num_envs: int, *, horizon: int | None = None,
-                 episodes_per_trial: int | None = None, num_workers: int = 0, seed: int = 0):
+                 episodes_per_trial: int | None = None, num_workers: int = 0, seed: int = 0,
+                 pin_workers: bool | None = None):
         self.suite = make_suite(suite) if isinstance(suite, str) else suite
         self.horizon = check_positive("horizon", self.suite.horizon if horizon is None else horizon)
         self.episodes_per_trial = check_positive(
             "episodes_per_trial",
             self.suite.episodes_per_trial if episodes_per_trial is None else episodes_per_trial)
         self.num_envs = check_positive("num_envs", num_envs)
-        if not isinstance(num_workers, int) or not 0 <= num_workers <= num_envs:
+        if (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                or not 0 <= num_workers <= num_envs):
             raise SuiteError(f"num_workers must be an integer in [0, num_envs={num_envs}], "
                              f"got {num_workers!r}")
         self.seed = int(seed)
+        self.num_workers = num_workers
         self.calls = 0  # how many times `run` was called: part of every reset seed
-        self._slots = _Slots(self.suite, num_envs, num_workers)
         self.obs_dim, self.act_dim = self.suite.observation_dim, self.suite.action_dim
+        slot_args = (self.horizon, self.episodes_per_trial, self.seed)
+        if num_workers == 0:
+            self._slots = LocalSlots(self.suite, num_envs, *slot_args)
+        else:
+            self._slots = WorkerSlots(self.suite, num_envs, num_workers, *slot_args, pin=pin_workers)
+        self._record: _StepRecord | None = None  # allocated by the first run
+        # seconds spent in run(): in policy.act, stepping or waiting for the envs, in all
+        self.timings = {"policy": 0.0, "envs": 0.0, "total": 0.0}
 
     def run(self, policy: TrialPolicy, tasks: list[Task], deterministic: bool = False,
             call: int | None = None) -> TrialBatch:
@@ -321,76 +218,85 @@ class TrialSampler:
         if call is None:
             call = self.calls
             self.calls += 1
+        began = time.perf_counter()
         rounds = [self._run_round(policy, tasks[lo:lo + self.num_envs], deterministic, call, lo)
                   for lo in range(0, len(tasks), self.num_envs)]
-        return TrialBatch.concatenate(rounds)
+        batch = TrialBatch.concatenate(rounds)
+        self.timings["total"] += time.perf_counter() - began
+        return batch
 
     def reset_seed(self, call: int, trial: int, episode: int) -> int:
-        return int(np.random.SeedSequence([self.seed, call, trial, episode]).generate_state(1)[0])
+        return reset_seed(self.seed, call, trial, episode)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers (none in-process), e.g. to measure their CPU time."""
+        return [process.pid for process in getattr(self._slots, "processes", [])]
 
     def _run_round(self, policy, tasks, deterministic, call, first_trial) -> TrialBatch:
-        n, K, H = len(tasks), self.episodes_per_trial, self.horizon
-        T = K * H
-        rows = np.arange(n)
-        buf = _Buffers(n, T, K, self.obs_dim, self.act_dim)
-
-        self._slots.set_tasks(rows, tasks)
-        seeds = np.array([self.reset_seed(call, first_trial + i, 0) for i in rows])
-        obs = self._slots.reset(rows, seeds).astype(np.float32)
-        prev_action = np.zeros((n, self.act_dim), np.float32)
-        prev_reward = np.zeros(n, np.float32)
-        episode_start = np.ones(n, bool)
-        active = np.ones(n, bool)
-        t = np.zeros(n, np.int64)  # position of each trial in its T steps
-        episode = np.zeros(n, np.int64)
-        step_in_episode = np.zeros(n, np.int64)
-        extras: dict[str, np.ndarray] = {}
+        n, A = len(tasks), self.act_dim
+        T = self.episodes_per_trial * self.horizon
+        if self._record is None:
+            self._record = _StepRecord(T, self.num_envs, self.obs_dim, A)
+        record = self._record
         features = np.stack([self.suite.task_features(task) for task in tasks]).astype(np.float32)
+        slots = self._slots
+        shared = slots.arrays  # this round uses slots 0..n-1
+        obs_now, start_now, active_now = shared.obs[:n], shared.episode_start[:n], shared.active[:n]
+        action_in, next_obs, reward = shared.action[:n], shared.next_obs[:n], shared.reward[:n]
+        terminated, truncated, success = shared.terminated[:n], shared.truncated[:n], shared.success[:n]
+        extra_keys: list[str] = []
 
+        clock, timings = time.perf_counter, self.timings
+        began = clock()
+        slots.start_round(tasks, call, first_trial)
+        timings["envs"] += clock() - began
+        prev_action = np.zeros((n, A), np.float32)
+        prev_reward = np.zeros(n, np.float32)
         policy.reset(n)
-        while active.any():
-            out = policy.act(StepInput(obs.copy(), prev_action.copy(), prev_reward.copy(),
-                                       episode_start.copy(), active.copy(), features), deterministic)
-            action = np.asarray(out.action, np.float32).reshape(n, self.act_dim)
-            live = rows[active]
-            next_obs, reward, terminated, success = self._slots.step(live, action[live])
-            at = (live, t[live])
-            buf.obs[at], buf.prev_action[at] = obs[live], prev_action[live]
-            buf.prev_reward[at], buf.episode_start[at] = prev_reward[live], episode_start[live]
-            buf.action[at], buf.reward[at], buf.next_obs[at] = action[live], reward, next_obs
-            buf.terminated[at], buf.success[at] = terminated, success
-            buf.episode_index[at], buf.valid[at] = episode[live], True
+        # Trials start together and a running trial takes one step per lockstep step, so
+        # lockstep step t is step t of every running trial: the record is step-major.
+        steps = 0
+        for t in range(T):
+            active = active_now.copy()
+            if not active.any():
+                break
+            obs, start = obs_now.copy(), start_now.copy()
+            began = clock()
+            out = policy.act(StepInput(obs, prev_action, prev_reward, start, active, features),
+                             deterministic)
+            action = np.asarray(out.action, np.float32).reshape(n, A)
+            action_in[:] = action
+            acted = clock()
+            slots.begin_step()
+            stepped = clock()
+            # recorded while the workers step
+            record.obs[t, :n], record.episode_start[t, :n] = obs, start
+            record.action[t, :n], record.valid[t, :n] = action, active
             for key, value in out.extras.items():
                 value = np.asarray(value)
-                if key not in extras:
-                    extras[key] = np.zeros((n, T, *value.shape[1:]), value.dtype)
-                extras[key][at] = value[live]
-            buf.episode_return[live, episode[live]] += reward
-            buf.episode_length[live, episode[live]] += 1
-            if self.suite.has_success:  # success at any step of the episode
-                buf.episode_success[live, episode[live]] = np.maximum(
-                    buf.episode_success[live, episode[live]], success)
-
-            step_in_episode[live] += 1
-            truncated = ~terminated & (step_in_episode[live] >= H)
-            buf.truncated[at] = truncated
-            obs[live], prev_action[live], prev_reward[live] = next_obs, action[live], reward
-            episode_start[live] = False
-            t[live] += 1
-
-            ended = live[terminated | truncated]
-            episode[ended] += 1
-            step_in_episode[ended] = 0
-            active[ended[episode[ended] >= K]] = False
-            again = ended[episode[ended] < K]
-            if len(again):
-                seeds = np.array([self.reset_seed(call, first_trial + i, episode[i]) for i in again])
-                obs[again] = self._slots.reset(again, seeds)
-                episode_start[again] = True
-        if not self.suite.has_success:
-            buf.success[:] = np.nan
-            buf.episode_success[:] = np.nan
-        return TrialBatch(tasks=list(tasks), extras=extras, task_features=features, **vars(buf))
+                if key not in extra_keys:
+                    extra_keys.append(key)
+                    record.extra(key, value, t, n)
+                record.extras[key][t, :n] = value
+            waited = clock()
+            slots.finish_step()
+            ended = clock()
+            timings["policy"] += acted - began
+            timings["envs"] += stepped - acted + ended - waited
+            record.next_obs[t, :n], record.reward[t, :n] = next_obs, reward
+            record.terminated[t, :n], record.truncated[t, :n] = terminated, truncated
+            record.success[t, :n] = success
+            # new arrays, not in-place updates: agents may keep the inputs of earlier steps.
+            # Finished trials keep their last values (padding from now on).
+            if active.all():
+                prev_action, prev_reward = action.copy(), reward.astype(np.float32)
+            else:
+                prev_action = np.where(active[:, None], action, prev_action)
+                prev_reward = np.where(active, reward, prev_reward).astype(np.float32)
+            steps = t + 1
+        return record.trial_batch(tasks, features, steps, self.episodes_per_trial,
+                                  self.suite.has_success, extra_keys)
 
     def close(self) -> None:
         self._slots.close()
@@ -402,22 +308,73 @@ class TrialSampler:
         self.close()
 
 
-class _Buffers:
-    def __init__(self, n, T, K, obs_dim, act_dim):
-        self.obs = np.zeros((n, T, obs_dim), np.float32)
-        self.prev_action = np.zeros((n, T, act_dim), np.float32)
-        self.prev_reward = np.zeros((n, T), np.float32)
-        self.episode_start = np.zeros((n, T), bool)
-        self.action = np.zeros((n, T, act_dim), np.float32)
-        self.reward = np.zeros((n, T), np.float32)
-        self.next_obs = np.zeros((n, T, obs_dim), np.float32)
-        self.terminated = np.zeros((n, T), bool)
-        self.truncated = np.zeros((n, T), bool)
-        self.success = np.zeros((n, T), np.float32)
-        self.episode_index = np.zeros((n, T), np.int16)
-        self.valid = np.zeros((n, T), bool)
-        self.episode_return = np.zeros((n, K), np.float64)
-        self.episode_length = np.zeros((n, K), np.int32)
-        self.episode_success = np.zeros((n, K), np.float32)
+class _StepRecord:
+    """What a round records per lockstep step, step-major: ``[T, slots, ...]``.
 
+    Kept across rounds, so each step writes contiguous rows into memory that is already
+    mapped (writing ``[trial, t]`` of fresh arrays costs several times more per step);
+    :meth:`trial_batch` transposes a round into the trial-major TrialBatch.
+    """
 
+    def __init__(self, T, num_slots, obs_dim, act_dim):
+        self.obs = np.zeros((T, num_slots, obs_dim), np.float32)
+        self.next_obs = np.zeros((T, num_slots, obs_dim), np.float32)
+        self.action = np.zeros((T, num_slots, act_dim), np.float32)
+        self.reward = np.zeros((T, num_slots))  # float64, as the envs give it: returns sum these
+        self.episode_start = np.zeros((T, num_slots), bool)
+        self.terminated = np.zeros((T, num_slots), bool)
+        self.truncated = np.zeros((T, num_slots), bool)
+        self.success = np.zeros((T, num_slots), np.float32)
+        self.valid = np.zeros((T, num_slots), bool)
+        self.extras: dict[str, np.ndarray] = {}
+
+    def extra(self, key: str, value: np.ndarray, t: int, n: int) -> None:
+        """Make room for a policy extra first seen at step ``t`` (zero before it)."""
+        T, num_slots = self.valid.shape
+        array = self.extras.get(key)
+        if array is None or array.shape[2:] != value.shape[1:] or array.dtype != value.dtype:
+            array = self.extras[key] = np.zeros((T, num_slots, *value.shape[1:]), value.dtype)
+        array[:t, :n] = 0
+
+    def trial_batch(self, tasks, features, steps, K, has_success, extra_keys) -> TrialBatch:
+        n, T = len(tasks), self.valid.shape[0]
+        self.valid[steps:, :n] = False  # rows of an earlier, longer round
+
+        def trials(array):  # [T, slots, ...] -> a fresh [n, T, ...]
+            return np.ascontiguousarray(array[:, :n].swapaxes(0, 1))
+
+        valid = trials(self.valid)
+        fields = {name: trials(getattr(self, name)) for name in (
+            "obs", "next_obs", "action", "episode_start", "terminated", "truncated", "success")}
+        reward64 = trials(self.reward)
+        extras = {key: trials(self.extras[key]) for key in extra_keys}
+        invalid = ~valid
+        if invalid.any():  # steps after a trial's end: zeros, whatever the slot held
+            for array in (*fields.values(), reward64, *extras.values()):
+                array[invalid] = 0
+        reward = reward64.astype(np.float32)
+        # the previous action and reward are the last step's (zero at the trial start)
+        prev_action, prev_reward = np.zeros_like(fields["action"]), np.zeros_like(reward)
+        prev_action[:, 1:], prev_reward[:, 1:] = fields["action"][:, :-1], reward[:, :-1]
+        episode_index = np.cumsum(fields["episode_start"], axis=1, dtype=np.int16) - 1
+        for array in (prev_action, prev_reward, episode_index):
+            array[invalid] = 0
+
+        episode_return = np.zeros((n, K))
+        episode_length = np.zeros((n, K), np.int32)
+        episode_success = np.full((n, K), np.nan, np.float32)
+        success = fields["success"]
+        for k in range(K):
+            in_k = valid & (episode_index == k)
+            # cumsum adds in step order, as a running total would (sum() adds pairwise)
+            episode_return[:, k] = np.where(in_k, reward64, 0.0).cumsum(axis=1)[:, -1]
+            episode_length[:, k] = in_k.sum(1)
+            if has_success:  # success at any step of the episode
+                episode_success[:, k] = np.where(in_k, success, 0).max(1)
+        if not has_success:
+            success[:] = np.nan
+        return TrialBatch(tasks=list(tasks), prev_action=prev_action, prev_reward=prev_reward,
+                          reward=reward, episode_index=episode_index, valid=valid,
+                          task_features=features, episode_return=episode_return,
+                          episode_length=episode_length, episode_success=episode_success,
+                          extras=extras, **fields)

@@ -115,7 +115,8 @@ rule config_snapshot:
     output:
         f"{RESULTS}/config.yaml",
     params:
-        config=json.dumps(config, sort_keys=True),
+        # key order kept: ablation directory names follow the order of each variant's keys
+        config=json.dumps(config),
     log:
         f"{LOGS}/config_snapshot.log",
     run:

@@ -1,0 +1,257 @@
+"""Sampler throughput against the physical limit and against gymnasium (issue 8, benchmark 1).
+
+Prints, from one run on the CPUs this process may use (restrict them with taskset):
+
+* raw physics: ``mujoco.mj_step`` with the env's frame skip and random controls, one process
+  on one core, and one process per core at once;
+* our TrialSampler with random actions, in-process (``num_workers=0``) and with workers;
+* gymnasium's AsyncVectorEnv stepping the same env (our TaskEnv under a TimeLimit) with
+  random actions, with as many envs as ours and with one env per core;
+* CPU time per env step of each (all its processes), which other load on the machine
+  disturbs much less than the rates, and where the sampler's time went;
+* the ratios the issue judges: ours / (cores x single-core raw) and ours / AsyncVectorEnv.
+
+    python benchmarks/sampler_throughput.py --env cheetah-vel
+    taskset -c 0-15 python benchmarks/sampler_throughput.py --workers 16 --envs 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing as mp
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Measured:
+    rate: float  # env steps/s
+    cpu_us: float  # CPU time per env step, all processes involved (NaN where unknown)
+    timings: dict | None = None  # TrialSampler.timings for ours
+
+
+def allowed_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of other processes so far (Linux /proc; NaN elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# Raw physics: the most a sampler could reach on these cores
+# ---------------------------------------------------------------------------------------
+def physics(env_name: str):
+    """(model, data, frame_skip) of a suite's env, set to its first test task."""
+    from trmrl.envs import make_suite
+    suite = make_suite(env_name)
+    env = suite.make_env(suite.eval_tasks("test", 0, 1)[0])
+    env.reset(seed=0)
+    if hasattr(env, "body"):  # locomotion: trmrl.envs.locomotion.MujocoTaskEnv
+        return env.model, env.data, env.body.frame_skip
+    inner = env.metaworld_env  # Meta-World: the metaworld env of the task
+    return inner.model, inner.data, inner.frame_skip
+
+
+def _raw_worker(env_name: str, cpu: int, steps: int, horizon: int, start, results) -> None:
+    import mujoco
+    os.sched_setaffinity(0, {cpu})
+    model, data, frame_skip = physics(env_name)
+    low, high = model.actuator_ctrlrange.T
+    controls = np.random.default_rng(cpu).uniform(low, high, (1024, model.nu))
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            if i % horizon == 0:  # as an env would: random controls topple some bodies
+                mujoco.mj_resetData(model, data)
+            data.ctrl[:] = controls[i % 1024]
+            mujoco.mj_step(model, data, nstep=frame_skip)
+
+    loop(1000)  # warm caches and clocks
+    start.wait()  # all processes measure the same seconds
+    wall, cpu_time = time.perf_counter(), time.process_time()
+    loop(steps)
+    results.put((steps / (time.perf_counter() - wall), (time.process_time() - cpu_time) / steps))
+
+
+def raw_rate(env_name: str, cpus: list[int], steps: int, horizon: int) -> Measured:
+    """Raw physics, one process per CPU in ``cpus``: summed rate, mean CPU per step."""
+    context = mp.get_context("spawn")
+    start, results = context.Barrier(len(cpus)), context.Queue()
+    processes = [context.Process(target=_raw_worker, args=(env_name, cpu, steps, horizon, start, results))
+                 for cpu in cpus]
+    for process in processes:
+        process.start()
+    rates, cpu_per_step = zip(*[results.get() for _ in processes])
+    for process in processes:
+        process.join()
+    return Measured(sum(rates), 1e6 * float(np.mean(cpu_per_step)))
+
+
+# ---------------------------------------------------------------------------------------
+# Ours
+# ---------------------------------------------------------------------------------------
+def sampler_rate(env_name: str, workers: int, envs: int, steps: int) -> Measured:
+    """TrialSampler.run with random actions, whole calls, after one warm-up call."""
+    from trmrl.envs import make_suite
+    from trmrl.sampling import RandomPolicy, TrialSampler
+    suite = make_suite(env_name)
+    _, action_space = suite.spaces()
+    rng = np.random.default_rng(0)
+    policy = RandomPolicy(action_space.low, action_space.high, seed=0)
+    with TrialSampler(suite, envs, num_workers=workers, seed=0) as sampler:
+        sampler.run(policy, suite.sample_tasks(rng, envs))  # warm-up: first resets, page faults
+        sampler.timings = dict.fromkeys(sampler.timings, 0.0)
+        cpu_before = time.process_time() + cpu_seconds(sampler.worker_pids)
+        done, wall = 0, time.perf_counter()
+        while done < steps:
+            done += sampler.run(policy, suite.sample_tasks(rng, envs)).env_steps
+        wall = time.perf_counter() - wall
+        cpu = time.process_time() + cpu_seconds(sampler.worker_pids) - cpu_before
+        return Measured(done / wall, 1e6 * cpu / done, sampler.timings)
+
+
+# ---------------------------------------------------------------------------------------
+# gymnasium's AsyncVectorEnv on the same env
+# ---------------------------------------------------------------------------------------
+def _make_gym_env(env_name: str, task, horizon: int):
+    import gymnasium as gym
+    from trmrl.envs import make_suite
+    return gym.wrappers.TimeLimit(make_suite(env_name).make_env(task), max_episode_steps=horizon)
+
+
+def async_rate(env_name: str, envs: int, steps: int, gym_id: str | None = None) -> Measured:
+    """AsyncVectorEnv with random actions: our env (a task per env, episodes of the suite's
+    horizon), or the gymnasium env ``gym_id``."""
+    import gymnasium as gym
+    from gymnasium.vector import AsyncVectorEnv
+    from trmrl.envs import make_suite
+    if gym_id:
+        vector_env = AsyncVectorEnv([functools.partial(gym.make, gym_id)] * envs)
+    else:
+        suite = make_suite(env_name)
+        tasks = suite.sample_tasks(np.random.default_rng(0), envs)
+        vector_env = AsyncVectorEnv([functools.partial(_make_gym_env, env_name, task, suite.horizon)
+                                     for task in tasks])
+    space = vector_env.action_space
+    actions = np.random.default_rng(0).uniform(space.low, space.high, (64, *space.shape))
+    actions = actions.astype(space.dtype)
+    try:
+        vector_env.reset(seed=0)
+        for i in range(50):
+            vector_env.step(actions[i % 64])
+        pids = [process.pid for process in vector_env.processes]
+        iterations = max(1, steps // envs)
+        cpu_before = time.process_time() + cpu_seconds(pids)
+        wall = time.perf_counter()
+        for i in range(iterations):
+            vector_env.step(actions[i % 64])
+        wall = time.perf_counter() - wall
+        cpu = time.process_time() + cpu_seconds(pids) - cpu_before
+        return Measured(iterations * envs / wall, 1e6 * cpu / (iterations * envs))
+    finally:
+        vector_env.close()
+
+
+# ---------------------------------------------------------------------------------------
+def main() -> None:
+    cpus = allowed_cpus()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="cheetah-vel", help="a suite name (trmrl envs)")
+    parser.add_argument("--workers", type=int, default=len(cpus),
+                        help="sampler worker processes (default: one per allowed CPU)")
+    parser.add_argument("--envs", type=int, default=None,
+                        help="env slots of our sampler and envs of AsyncVectorEnv (default: 16 per worker)")
+    parser.add_argument("--steps", type=int, default=200_000,
+                        help="env steps per measurement (raw physics: a quarter, per process)")
+    parser.add_argument("--gym-id", default=None,
+                        help="run AsyncVectorEnv on this gymnasium env (e.g. HalfCheetah-v5) "
+                             "instead of ours")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure everything this many times, report the fastest (shared machines)")
+    args = parser.parse_args()
+    envs = args.envs or 16 * max(args.workers, 1)
+    cores = len(cpus)
+
+    import gymnasium
+    import mujoco
+    from trmrl.envs import make_suite
+    suite = make_suite(args.env)
+    _, _, frame_skip = physics(args.env)
+    print(f"# sampler throughput: {args.env} ({suite.base}, frame skip {frame_skip}, "
+          f"horizon {suite.horizon}), random actions, fastest of {args.repeats}")
+    cpu_list = ", ".join(map(str, cpus)) if cores <= 8 else f"{cpus[0]}..{cpus[-1]}"
+    print(f"# {cores} CPUs ({cpu_list}; {platform.processor() or platform.machine()}); python "
+          f"{platform.python_version()}, mujoco {mujoco.__version__}, gymnasium {gymnasium.__version__}, "
+          f"numpy {np.__version__}")
+    print(f"# load average before: {os.getloadavg()[0]:.2f} (other work on these CPUs lowers the rates)")
+
+    raw_steps, small = max(args.steps // 4, 10_000), min(envs, 16)
+    peer = args.gym_id or f"{args.env} under TimeLimit"
+    measurements = {  # key -> (label, function returning a Measured)
+        "raw1": ("raw physics, 1 process on 1 core",
+                 lambda: raw_rate(args.env, cpus[:1], raw_steps, suite.horizon)),
+        "raw": (f"raw physics, {cores} processes on {cores} cores",
+                lambda: raw_rate(args.env, cpus, raw_steps, suite.horizon)),
+        "local": (f"ours, in-process (0 workers), {small} envs",
+                  lambda: sampler_rate(args.env, 0, small, max(args.steps // 4, 1))),
+        "ours": (f"ours, {args.workers} workers, {envs} envs",
+                 lambda: sampler_rate(args.env, args.workers, envs, args.steps)),
+        "async": (f"AsyncVectorEnv, {envs} envs ({peer})",
+                  lambda: async_rate(args.env, envs, args.steps, args.gym_id)),
+    }
+    if envs != cores:  # AsyncVectorEnv's usual setting: one env (process) per core
+        measurements["async_cores"] = (f"AsyncVectorEnv, {cores} envs ({peer})",
+                                       lambda: async_rate(args.env, cores, args.steps, args.gym_id))
+    best: dict[str, Measured] = {}
+    for _ in range(args.repeats):
+        for key, (_, measure) in measurements.items():
+            result = measure()
+            if key not in best or result.rate > best[key].rate:
+                best[key] = result
+
+    print(f"  {'':<58} {'env steps/s':>12} {'CPU us/step':>12}")
+    for key, (label, _) in measurements.items():
+        print(f"  {label:<58} {best[key].rate:>12,.0f} {best[key].cpu_us:>12.1f}")
+    for key in ("local", "ours"):
+        spent = best[key].timings
+        other = spent["total"] - spent["policy"] - spent["envs"]
+        print(f"  time of {measurements[key][0]}: envs {spent['envs'] / spent['total']:.0%} "
+              f"(stepping, or waiting for workers), policy {spent['policy'] / spent['total']:.0%}, "
+              f"sampler bookkeeping {other / spent['total']:.0%}")
+
+    ours, raw1 = best["ours"].rate, best["raw1"].rate
+    async_best = max(best["async"].rate, best["async_cores"].rate if "async_cores" in best else 0.0)
+    print("# ratios")
+    rows = [(f"ours / ({cores} x single-core raw)", f"{ours / (cores * raw1):.2f}", "target >= 0.40 on 16 cores"),
+            (f"ours / raw on {cores} cores at once", f"{ours / best['raw'].rate:.2f}", ""),
+            ("in-process / single-core raw", f"{best['local'].rate / raw1:.2f}",
+             "what the env's own Python costs"),
+            ("raw CPU / ours CPU per step", f"{best['raw1'].cpu_us / best['ours'].cpu_us:.2f}",
+             "efficiency, little disturbed by other load"),
+            (f"ours / AsyncVectorEnv ({envs} envs)", f"{ours / best['async'].rate:.1f}x", "target >= 5x")]
+    if "async_cores" in best:
+        rows.append(("ours / AsyncVectorEnv at its fastest", f"{ours / async_best:.1f}x", ""))
+    for label, value, note in rows:
+        print(f"  {label:<40} {value:>7}   {note}")
+    print(f"# load average after: {os.getloadavg()[0]:.2f} (this run adds about {cores})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+"""Env slots stepped in lockstep, in this process or in shared-memory worker processes.
+
+The trial sampler (:mod:`trmrl.sampling`) keeps one env slot per running trial. Each step it
+writes every slot's action into a :class:`SlotArrays` block and asks the slots to step; they
+write back observations, rewards and flags, and start the trial's next episode themselves
+when one ends, so that one step is one round trip, resets included.
+
+* :class:`LocalSlots` steps every slot in the calling process.
+* :class:`WorkerSlots` gives each worker process a contiguous range of slots. The
+  :class:`SlotArrays` block lives in shared memory (``multiprocessing.RawArray``: its backing
+  file is unlinked as soon as it is mapped, so no segment can outlive the processes). A step
+  costs one semaphore post and one semaphore wait per worker; nothing is pickled per step,
+  only the tasks of a new round travel through a pipe.
+
+Both run the same :class:`EnvSlots` code on their rows, which is why the results do not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import traceback
+import weakref
+from contextlib import contextmanager
+
+import numpy as np
+
+from trmrl.envs.base import Task, TaskSuite
+
+POLL_S = 1.0  # how often a blocked wait checks that the process on the other side still lives
+STARTUP_TIMEOUT_S = 600.0  # building envs can be slow (ML45 builds its benchmark), not endless
+
+# what a woken worker does, read from SlotArrays.command
+STEP, ROUND, CLOSE = 1, 2, 3
+
+
+class SamplerError(RuntimeError):
+    """An env failed, or a worker died, while sampling; the message names worker and slot."""
+
+
+def reset_seed(seed: int, call: int, trial: int, episode: int) -> int:
+    """The reset seed of one episode: a function of these four numbers only."""
+    return int(np.random.SeedSequence([seed, call, trial, episode]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------
+# The per-slot state of one step: named numpy views into one flat buffer
+# ---------------------------------------------------------------------------------------
+def _fields(n: int, obs_dim: int, act_dim: int, num_workers: int):
+    return [("action", (n, act_dim), np.float32), ("obs", (n, obs_dim), np.float32),
+            ("next_obs", (n, obs_dim), np.float32), ("reward", (n,), np.float64),
+            ("terminated", (n,), np.bool_), ("truncated", (n,), np.bool_),
+            ("success", (n,), np.float32), ("episode_start", (n,), np.bool_),
+            ("active", (n,), np.bool_), ("episode", (n,), np.int64),
+            # per worker: the command it runs when woken, and whether it failed
+            ("command", (num_workers,), np.int32), ("failed", (num_workers,), np.int32)]
+
+
+def _layout(*args) -> tuple[list, int]:
+    offsets, size = [], 0
+    for name, shape, dtype in _fields(*args):
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        offsets.append((name, shape, dtype, size, nbytes))
+        size += -(-nbytes // 64) * 64  # each field starts on its own cache line
+    return offsets, max(size, 64)
+
+
+class SlotArrays:
+    """Per-slot arrays of one lockstep step (a row per env slot).
+
+    The sampler writes ``action`` and ``command``; the slots write the rest. ``obs``,
+    ``episode_start`` and ``episode`` describe the step to take next; ``next_obs`` to
+    ``success`` the step just taken (``next_obs`` is the obs *before* a reset). ``active`` turns
+    False once a slot's trial has run all its episodes.
+    """
+
+    def __init__(self, num_slots: int, obs_dim: int, act_dim: int, num_workers: int = 0,
+                 buffer=None):
+        self.args = (num_slots, obs_dim, act_dim, num_workers)
+        fields, self.nbytes = _layout(*self.args)
+        self.buffer = bytearray(self.nbytes) if buffer is None else buffer
+        flat = np.frombuffer(self.buffer, np.uint8, count=self.nbytes)
+        for name, shape, dtype, offset, nbytes in fields:
+            setattr(self, name, flat[offset:offset + nbytes].view(dtype).reshape(shape))
+
+    @classmethod
+    def shared(cls, context, *args) -> SlotArrays:
+        """The same arrays in shared memory; pass ``buffer`` and ``args`` to a worker."""
+        return cls(*args, buffer=context.RawArray(ctypes.c_uint8, _layout(*args)[1]))
+
+
+# ---------------------------------------------------------------------------------------
+# A range of slots and their envs: the code that runs in a worker (or in-process)
+# ---------------------------------------------------------------------------------------
+class EnvSlots:
+    """Slots ``lo..hi-1`` of a sampler: steps the live ones and starts their next episodes."""
+
+    def __init__(self, suite: TaskSuite, arrays: SlotArrays, lo: int, hi: int, horizon: int,
+                 episodes_per_trial: int, seed: int):
+        self.lo, self.horizon, self.episodes_per_trial, self.seed = lo, horizon, episodes_per_trial, seed
+        self.has_success = suite.has_success
+        self.envs = [suite.make_env() for _ in range(hi - lo)]
+        rows = slice(lo, hi)
+        for name in ("action", "obs", "next_obs", "reward", "terminated", "truncated", "success",
+                     "episode_start", "active", "episode"):
+            setattr(self, name, getattr(arrays, name)[rows])
+        self.step_in_episode = np.zeros(hi - lo, np.int64)
+        self.trial = np.zeros(hi - lo, np.int64)  # trial index of each slot, for reset seeds
+        self.tasks: list[Task | None] = [None] * (hi - lo)
+        self.call = 0
+
+    def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
+        """Set the first ``len(tasks)`` slots to these tasks and reset them; idle the rest.
+
+        ``first_trial`` is the trial index of the sampler's slot 0 in this round.
+        """
+        m = len(tasks)
+        self.call = call
+        self.trial[:] = first_trial + self.lo + np.arange(len(self.envs))
+        self.active[:] = False
+        self.active[:m] = True
+        self.episode[:] = 0
+        self.episode_start[:] = True
+        self.step_in_episode[:] = 0
+        self.tasks[:m] = tasks
+        obs = []
+        for i, task in enumerate(tasks):
+            try:
+                self.envs[i].set_task(task)
+                obs.append(self._reset(i, 0))
+            except Exception as error:
+                raise self._error(i, "set_task/reset", error) from error
+        if m:
+            self.obs[:m] = np.stack(obs)
+
+    def _reset(self, i: int, episode: int) -> np.ndarray:
+        seed = reset_seed(self.seed, self.call, int(self.trial[i]), episode)
+        return self.envs[i].reset(seed=seed)[0]
+
+    def step(self) -> None:
+        live = np.flatnonzero(self.active)
+        if not live.size:
+            return
+        # the TaskEnv API is one env at a time; everything around it is one numpy op per array
+        envs, actions, has_success = self.envs, self.action, self.has_success
+        obs, rewards, terminated, success = [], [], [], []
+        i = -1
+        try:
+            for i in live.tolist():
+                o, r, term, _, info = envs[i].step(actions[i])
+                obs.append(o)
+                rewards.append(r)
+                terminated.append(term)
+                if has_success:
+                    success.append(float(info["success"]))
+        except Exception as error:
+            raise self._error(i, "step", error) from error
+
+        rows = slice(None) if live.size == len(envs) else live  # a slice is the cheaper index
+        terminated = np.array(terminated, np.bool_)
+        self.next_obs[rows] = np.stack(obs)
+        self.reward[rows] = np.array(rewards, np.float64)
+        self.terminated[rows] = terminated
+        self.success[rows] = success if has_success else np.nan
+        self.step_in_episode[rows] += 1
+        truncated = ~terminated & (self.step_in_episode[rows] >= self.horizon)
+        self.truncated[rows] = truncated
+        self.obs[rows] = self.next_obs[rows]
+        self.episode_start[rows] = False
+
+        ended = live[terminated | truncated]
+        if ended.size:
+            self.episode[ended] += 1
+            self.step_in_episode[ended] = 0
+            finished = self.episode[ended] >= self.episodes_per_trial
+            self.active[ended[finished]] = False
+            again = ended[~finished]
+            if again.size:
+                try:
+                    reset_obs = [self._reset(i, int(self.episode[i])) for i in again.tolist()]
+                except Exception as error:
+                    raise self._error(i, "reset", error) from error
+                self.obs[again] = np.stack(reset_obs)
+                self.episode_start[again] = True
+
+    def _error(self, i: int, method: str, error: Exception) -> SamplerError:
+        task = self.tasks[i] if 0 <= i < len(self.tasks) else None
+        where = f"env slot {self.lo + i}" + (f" (task {task.index} of {task.env!r} {task.split}, "
+                                             f"{task.label})" if task is not None else "")
+        return SamplerError(f"{where} failed in {method}: {type(error).__name__}: {error}")
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class LocalSlots:
+    """Every slot in this process (``num_workers=0``)."""
+
+    def __init__(self, suite: TaskSuite, num_slots: int, horizon: int, episodes_per_trial: int,
+                 seed: int):
+        self.arrays = SlotArrays(num_slots, suite.observation_dim, suite.action_dim)
+        self.slots = EnvSlots(suite, self.arrays, 0, num_slots, horizon, episodes_per_trial, seed)
+
+    def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
+        self.slots.start_round(tasks, call, first_trial)
+
+    def begin_step(self) -> None:
+        self.slots.step()
+
+    def finish_step(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.slots.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Worker processes
+# ---------------------------------------------------------------------------------------
+def worker_cpus(num_workers: int, pin: bool | None) -> list[int | None]:
+    """The CPU each worker is pinned to (None: not pinned).
+
+    ``pin=None`` pins only when the workers fill every CPU this process may use (its affinity
+    mask, which SLURM and taskset set): then each gets its own core. With fewer workers the
+    scheduler places them, so that several jobs on one node never pile onto the same cores.
+    """
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity API
+        return [None] * num_workers
+    if pin is None:
+        pin = num_workers >= len(allowed)
+    return [allowed[w % len(allowed)] if pin else None for w in range(num_workers)]
+
+
+@contextmanager
+def _single_threaded_children():
+    # spawned workers copy this environment at start: one BLAS/OpenMP thread each, since the
+    # workers already use every core between them
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple, lo: int, hi: int,
+                 slot_args: tuple, go, done, pipe, cpu: int | None, parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:  # not allowed here (some containers): run unpinned
+            pass
+    arrays = SlotArrays(*array_args, buffer=buffer)
+    try:
+        slots = EnvSlots(suite, arrays, lo, hi, *slot_args)
+    except BaseException as error:
+        pipe.send(("error", _describe(index, error)))
+        return
+    pipe.send(("ready", None))
+    while True:
+        while not go.acquire(timeout=POLL_S):
+            if os.getppid() != parent_pid:  # the sampler's process is gone: so are we
+                return
+        command = int(arrays.command[index])
+        if command == CLOSE:
+            break
+        try:
+            if command == STEP:
+                slots.step()
+            elif command == ROUND:
+                slots.start_round(*pipe.recv())
+        except (EOFError, BrokenPipeError):  # the parent closed its end: it is shutting down
+            return
+        except Exception as error:  # reported to the parent, which raises it
+            arrays.failed[index] = 1
+            try:
+                pipe.send(_describe(index, error))
+            except BrokenPipeError:
+                return
+        done.release()
+    slots.close()
+    pipe.close()
+
+
+def _describe(index: int, error: BaseException) -> str:
+    trace = "".join(traceback.format_exception(error.__cause__ or error))
+    return (f"sampler worker {index} (pid {os.getpid()}): {type(error).__name__}: {error}\n"
+            f"--- worker traceback ---\n{trace}")
+
+
+def _shutdown(processes, go, command, pipes) -> None:
+    command[:] = CLOSE
+    for semaphore in go:
+        semaphore.release()
+    for process in processes:
+        process.join(timeout=5)
+    for process in processes:
+        if process.is_alive():  # stuck in an env step: do not wait for it
+            process.kill()
+            process.join()
+    for pipe in pipes:
+        pipe.close()
+
+
+class WorkerSlots:
+    """The slots spread over ``num_workers`` worker processes, ``num_slots // num_workers`` or
+    one more each, stepped in lockstep through shared memory."""
+
+    def __init__(self, suite: TaskSuite, num_slots: int, num_workers: int, horizon: int,
+                 episodes_per_trial: int, seed: int, pin: bool | None = None):
+        context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
+        self.arrays = SlotArrays.shared(context, num_slots, suite.observation_dim,
+                                        suite.action_dim, num_workers)
+        sizes = [len(c) for c in np.array_split(np.arange(num_slots), num_workers)]
+        edges = np.cumsum([0] + sizes)
+        self.ranges = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+        self.go = [context.Semaphore(0) for _ in range(num_workers)]
+        self.done = context.Semaphore(0)
+        self._pending = 0  # workers woken whose "done" was not collected yet
+        self._last_command = 0
+        self.pipes, self.processes = [], []
+        cpus = worker_cpus(num_workers, pin)
+        with _single_threaded_children():
+            for w, (lo, hi) in enumerate(self.ranges):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=_worker_main, name=f"trmrl-sampler-{w}", daemon=True,
+                    args=(w, suite, self.arrays.buffer, self.arrays.args, lo, hi,
+                          (horizon, episodes_per_trial, seed), self.go[w], self.done, child_end,
+                          cpus[w], os.getpid()))
+                process.start()
+                child_end.close()
+                self.pipes.append(parent_end)
+                self.processes.append(process)
+        self.cpus = cpus
+        # stops the workers when the sampler is closed, collected, or the interpreter exits
+        self._finalizer = weakref.finalize(self, _shutdown, self.processes, self.go,
+                                           self.arrays.command, self.pipes)
+        try:
+            for w in range(num_workers):
+                self._wait_ready(w)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, w: int) -> None:
+        waited = 0.0
+        while not self.pipes[w].poll(POLL_S):
+            self._check_alive()
+            waited += POLL_S
+            if waited > STARTUP_TIMEOUT_S:
+                raise SamplerError(f"sampler worker {w} did not start in {STARTUP_TIMEOUT_S:.0f} s")
+        try:
+            status, message = self.pipes[w].recv()
+        except EOFError:  # it died before a word, e.g. while importing; its stderr says why
+            self.processes[w].join(timeout=5)
+            raise SamplerError(f"sampler worker {w} (pid {self.processes[w].pid}) exited during "
+                               f"startup with exit code {self.processes[w].exitcode}") from None
+        if status != "ready":
+            raise SamplerError(f"building the envs failed in {message}")
+
+    def _check_alive(self) -> None:
+        for w, process in enumerate(self.processes):
+            if process.exitcode is not None:
+                lo, hi = self.ranges[w]
+                self._finalizer()  # the rest cannot go on without it
+                raise SamplerError(f"sampler worker {w} (pid {process.pid}, env slots {lo}-{hi - 1}) "
+                                   f"died with exit code {process.exitcode}")
+
+    def _settle(self) -> None:
+        """Let a step whose wait was interrupted (Ctrl-C, an error) finish before anything in
+        shared memory changes: its workers may not even have read their command yet."""
+        if self._pending:
+            try:
+                self._wait()
+            except SamplerError:
+                pass  # a failure in a step whose results nobody will read
+
+    def _command(self, command: int) -> None:
+        self._settle()  # never change the command under a worker that has not read it
+        if command != self._last_command:
+            self.arrays.command[:] = command
+            self._last_command = command
+
+    def _wake(self) -> None:
+        for semaphore in self.go:
+            semaphore.release()
+            self._pending += 1
+
+    def _wait(self) -> None:
+        while self._pending:
+            while not self.done.acquire(timeout=POLL_S):
+                self._check_alive()
+            self._pending -= 1
+        failed = np.flatnonzero(self.arrays.failed)
+        if failed.size:
+            messages = [self.pipes[w].recv() for w in failed]  # read all: the next step is clean
+            self.arrays.failed[:] = 0
+            raise SamplerError(messages[0])
+
+    def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
+        if not self._finalizer.alive:
+            raise SamplerError("the sampler's workers are closed")
+        self._command(ROUND)
+        for w, (lo, hi) in enumerate(self.ranges):
+            try:
+                self.pipes[w].send((tasks[lo:hi], call, first_trial))
+            except OSError:  # a broken pipe: say which worker died, and how
+                self._check_alive()
+                raise
+        self._wake()
+        self._wait()
+
+    def begin_step(self) -> None:
+        """Step every live slot on the actions in ``arrays.action``; returns at once."""
+        self._command(STEP)
+        self._wake()
+
+    def finish_step(self) -> None:
+        """Wait until every worker has stepped; raises a worker's error as SamplerError."""
+        self._wait()
+
+    def close(self) -> None:
+        self._finalizer()
