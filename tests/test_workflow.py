@@ -544,7 +544,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     config = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
     config.update(experiment="resume", agents=["trmrl"], envs=["cheetah-vel"], seeds=[0],
-                  steps=40_000, ablations={})
+                  steps=64_000, ablations={})  # 20 iterations: ample margin to interrupt
     config["hyperparameters"]["all"]["default"].update(checkpoint_every_s=0, eval_every=100_000)
     write_config(workdir / "resume.yaml", config)
     run = workdir / "results" / "resume" / "runs" / "cheetah-vel" / "trmrl" / "seed0"
@@ -557,7 +557,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
         while time.time() < deadline:  # Ctrl-C once a few iterations are checkpointed
             progress = run / "progress.csv"
             if (run / "checkpoint.pt").exists() and progress.exists() and \
-                    len(progress.read_text().splitlines()) >= 9:
+                    len(progress.read_text().splitlines()) >= 7:  # 2 iterations written
                 break
             time.sleep(0.1)
         os.killpg(process.pid, signal.SIGINT)
@@ -574,8 +574,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     assert (run / "train.done").exists() and (run / "eval" / "adaptation.csv").exists()
     log = (workdir / "results" / "resume" / "logs" / "train" / "cheetah-vel" / "trmrl" /
            "seed0.log").read_text()
-    assert re.search(r"resuming \S+ at env step [1-9]\d* of 40000", log), log
+    assert re.search(r"resuming \S+ at env step [1-9]\d* of 64000", log), log
     after = (run / "progress.csv").read_text().splitlines()
     kept = before[:-2]  # rows written after the last checkpoint are dropped and redone
     assert after[: len(kept)] == kept
-    assert int(after[-1].split(",")[0]) >= 40_000
+    assert int(after[-1].split(",")[0]) >= 64_000
