@@ -250,7 +250,8 @@ def main() -> None:
         rows.append(("ours / AsyncVectorEnv at its fastest", f"{ours / async_best:.1f}x", ""))
     for label, value, note in rows:
         print(f"  {label:<40} {value:>7}   {note}")
-    print(f"# load average after: {os.getloadavg()[0]:.2f} (this run adds about {cores})")
+    print(f"# load average after: {os.getloadavg()[0]:.2f} (this run's own processes count in it, "
+          f"AsyncVectorEnv's {envs} most)")
 
 
 if __name__ == "__main__":
