@@ -236,6 +236,22 @@ def test_close_stops_workers():
     sampler.close()  # twice is fine
 
 
+def test_workers_ignore_sigterm_and_sigint():
+    # timeout and scancel signal the whole process group: shutdown is the parent's to do
+    suite = ToySuite()
+    tasks = suite.tasks("test", 0, 4)
+    with TrialSampler(suite, num_envs=4, num_workers=2) as sampler:
+        for pid in sampler.worker_pids:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        batch = sampler.run(counting_policy(), tasks)
+        again = sampler.run(counting_policy(), tasks)
+        processes = list(sampler._slots.processes)
+        assert all(p.is_alive() for p in processes)
+    assert batch.valid.all() and again.valid.all()
+    assert all(p.exitcode == 0 for p in processes)  # closed by the parent, not killed
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity API")
 def test_workers_are_pinned_inside_the_affinity_mask_and_single_threaded():
     allowed = os.sched_getaffinity(0)

@@ -268,3 +268,75 @@ def test_sigterm_checkpoints_the_iteration_and_exits_143(tmp_path):
 
     assert main(args) == 0
     assert rows(run / "progress.csv") == rows(reference / "progress.csv")
+
+
+def _children(pid):
+    """Process ids whose parent is ``pid`` (a /proc scan)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and \
+                    int(Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+        except (OSError, IndexError, ValueError):  # it exited while we looked
+            pass
+    return found
+
+
+def _alive(pid):
+    try:  # a zombie has exited: it only waits for its (new) parent to reap it
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_to_the_process_group_spares_the_sampler_workers(tmp_path):
+    """timeout and scancel send SIGTERM to every process of the job: the sampler's workers
+    ignore it and keep stepping, so that the trainer still checkpoints its iteration."""
+    run = tmp_path / "run"
+    # a budget it cannot finish before the signal; no periodic checkpoint: only SIGTERM writes one
+    args = train_args(run, steps=10_000_000, extra=["checkpoint_every_s=3600", "num_workers=2"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "trmrl.cli", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        progress, children = run / "progress.csv", []
+        while time.time() < deadline:  # the first evaluation and 2 iterations are written
+            if progress.exists() and len(progress.read_text().splitlines()) > 6:
+                children = _children(process.pid)  # the workers and multiprocessing's tracker
+                break
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.05)
+        workers = [pid for pid in children
+                   if b"--multiprocessing-fork" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2, "no progress, or no sampler workers, before the deadline"
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "terminated by SIGTERM at env step" in err and "checkpoint saved" in err, err
+    assert "SamplerError" not in err, err
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["env_steps"] > 0 and state["progress_bytes"] == progress.stat().st_size
+    deadline = time.time() + 30  # the tracker exits once every process that used it is gone
+    while any(_alive(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if _alive(pid)], "a worker outlived the trainer"
+    before = rows(progress)
+
+    # the same command resumes from the checkpoint (to a small budget: steps may change)
+    done_at = state["env_steps"] + 160
+    resume = train_args(run, steps=done_at, extra=["checkpoint_every_s=3600", "num_workers=2"])
+    result = subprocess.run([sys.executable, "-m", "trmrl.cli", *resume], env=env, timeout=120,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run} at env step {state['env_steps']} of {done_at}" in result.stderr
+    table = rows(progress)
+    assert table[:len(before)] == before and len(table) > len(before)
+    assert max(int(r[0]) for r in table[1:]) == done_at

@@ -256,7 +256,10 @@ def _single_threaded_children():
 
 def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple, lo: int, hi: int,
                  slot_args: tuple, go, done, pipe, cpu: int | None, parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes us
+    # Ctrl-C, and SIGTERM sent to the whole process group (timeout, scancel), are the parent's
+    # to handle: it finishes its step and closes us; if it dies instead, we see it and exit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if cpu is not None:
         try:
             os.sched_setaffinity(0, {cpu})

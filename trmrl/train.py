@@ -268,6 +268,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         env_steps, iteration = checkpoint["env_steps"], checkpoint["iteration"]
         wall_offset, next_eval = checkpoint["wall_s"], checkpoint["next_eval"]
         latest_test = checkpoint.get("latest_test")
+        if next_eval == math.inf and env_steps < hp.steps:  # a finished run given a larger budget
+            next_eval = env_steps + hp.eval_every
         with open(progress_path, "r+b") as handle:  # drop rows written after the checkpoint
             handle.truncate(checkpoint["progress_bytes"])
         if metrics_path.exists():
@@ -343,8 +345,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                                  f"{hp.steps}, checkpoint saved: run the same command to "
                                  "resume")
     except Exception as error:
-        # SIGTERM reaches the sampler's worker processes too, which then fail the iteration:
-        # still a termination (a scheduler may run the job again), not an error of the run
+        # the sampler's workers ignore SIGTERM, but one may still die meanwhile (killed outright,
+        # out of memory): still a termination (a scheduler may run the job again), not an error
         if stop.requested and not isinstance(error, (Terminated, TrainingDiverged, UserError)):
             raise Terminated(f"terminated by SIGTERM at env step {env_steps} of {hp.steps} "
                              f"({type(error).__name__}: {error}); the run resumes from its last "
