@@ -25,7 +25,8 @@ from trmrl.train import evaluate_on_test
 # applied where an agent's config has the key; small models where an agent has one
 SMALL = {"trials_per_update": 3, "epochs": 2, "minibatch_size": 2, "eval_tasks": 3,
          "layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "wm_size": 3, "gru_size": 8,
-         "hidden": [8]}
+         "hidden": [8], "policy_hidden": [8], "encoder_gru": 8, "latent_dim": 2,
+         "decoder_hidden": [8], "vae_subsample_elbos": 3, "vae_batch_trials": 2}
 
 
 def small_config(name: str, **extra):
