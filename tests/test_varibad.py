@@ -217,3 +217,17 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert main(varibad_args(resumed, 960)) == 0
     assert read_rows(resumed / "progress.csv", 1) == read_rows(reference / "progress.csv", 1)
     assert read_rows(resumed / "metrics.csv", 2) == read_rows(reference / "metrics.csv", 2)
+
+
+def test_reward_scaling_divides_by_the_running_std_of_the_discounted_return():
+    agent = tiny_varibad(normalize_rewards=True, gamma=0.5)
+    batch = sample_batch(agent, 4)
+    first = agent.scaled_rewards(batch)  # no statistics yet: unscaled
+    np.testing.assert_allclose(first, np.clip(batch.reward, -10, 10), rtol=1e-6)
+    agent.update(batch)
+    returns = np.zeros_like(batch.reward, dtype=np.float64)
+    for t in range(batch.reward.shape[1]):
+        returns[:, t] = (returns[:, t - 1] * 0.5 if t else 0) + batch.reward[:, t]
+    std = returns[batch.valid].std()
+    np.testing.assert_allclose(agent.scaled_rewards(batch), np.clip(batch.reward / std, -10, 10),
+                               rtol=1e-5)

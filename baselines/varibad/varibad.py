@@ -28,6 +28,7 @@ Defaults and their sources: ``trmrl/configs/varibad.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,9 @@ class VariBADConfig(PPOConfig):
     policy_hidden: tuple[int, ...] = (128, 128)  # tanh MLP of policy and value on (s, belief)
     init_std: float = 1.0  # initial action standard deviation
     normalize_observations: bool = True  # running mean/std scaling of observations
+    # PPO sees rewards / running std of the discounted return (published; the YAML sets it,
+    # False here because a new key must default to the behaviour from before it existed)
+    normalize_rewards: bool = False
     # the VAE
     latent_dim: int = 5  # task latent size (10 on ant-goal)
     encoder_gru: int = 128  # GRU units of the trajectory encoder
@@ -303,6 +307,8 @@ class VariBADAgent(PPOAgent):
         super().__init__(config, suite, device, seed)
         self.vae_optimizer = torch.optim.Adam(self.model.vae_parameters(), lr=config.vae_lr)
         self.buffer = TrialBuffer(config.vae_buffer_trials)
+        # running variance of the discounted return, for reward scaling (as VecNormalize)
+        self.return_stats = RunningNormalizer(1).to(device)
 
     def build_model(self):
         return VariBADModel(self.suite.observation_dim, self.suite.action_dim, self.config)
@@ -330,8 +336,23 @@ class VariBADAgent(PPOAgent):
             belief = self.model.beliefs(to_device(batch.augmented_inputs(), self.device))
         return {"obs": to_device(batch.obs, self.device), "belief": belief}
 
+    def scaled_rewards(self, batch: TrialBatch) -> np.ndarray:
+        """Rewards for PPO: divided by the running std of the discounted return (the VAE
+        keeps the raw ones). Statistics move after the update, as the observation scaling."""
+        scale = float(self.return_stats.var.sqrt().clamp(min=1e-4))
+        ret, returns = np.zeros(batch.num_trials), np.zeros_like(batch.reward, dtype=np.float64)
+        for t in range(batch.reward.shape[1]):
+            ret = ret * self.config.gamma + batch.reward[:, t]
+            returns[:, t] = ret
+        self.pending_returns = returns[batch.valid]
+        return np.clip(batch.reward / scale, -10, 10).astype(np.float32)
+
     def update(self, batch: TrialBatch) -> dict[str, float]:
-        metrics = super().update(batch)
+        if self.config.normalize_rewards:
+            metrics = super().update(dataclasses.replace(batch, reward=self.scaled_rewards(batch)))
+            self.return_stats.update(to_device(self.pending_returns[:, None], self.device))
+        else:
+            metrics = super().update(batch)
         self.buffer.add(self.trials(batch))
         for _ in range(self.config.vae_updates):
             loss, vae_stats = elbo_loss(self.model, self.buffer.sample(self.config.vae_batch_trials,
@@ -354,9 +375,11 @@ class VariBADAgent(PPOAgent):
     # -- checkpoints: PPO's state plus the VAE optimiser and buffer ----------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "vae_optimizer": self.vae_optimizer.state_dict(),
-                "vae_buffer": self.buffer.state_dict()}
+                "vae_buffer": self.buffer.state_dict(), "return_stats": self.return_stats.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.vae_optimizer.load_state_dict(state["vae_optimizer"])
         self.buffer.load_state_dict(state["vae_buffer"], self.device)
+        if "return_stats" in state:  # absent in checkpoints of runs before normalize_rewards
+            self.return_stats.load_state_dict(state["return_stats"])
