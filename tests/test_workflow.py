@@ -88,11 +88,11 @@ def paper_config() -> dict:
 # plans: job counts of the shipped configs (dry runs, seconds each)
 # ---------------------------------------------------------------------------------------
 PAPER_COUNTS = {
-    # 4 agents x 6 envs x 3 seeds, plus 11 ablation variants x 3 seeds (the 4 grid points
+    # 5 agents x 6 envs x 3 seeds, plus 11 ablation variants x 3 seeds (the 4 grid points
     # that equal the main run reuse it: T-Fixup without LayerNorm, 4 layers, wm 5, 16 heads)
-    "train": 72 + 33,
-    "evaluate_adaptation": 72,
-    "evaluate_ood": 2 * 4 * 3,  # cheetah-vel and ant-dir have an ood split
+    "train": 90 + 33,
+    "evaluate_adaptation": 90,
+    "evaluate_ood": 2 * 5 * 3,  # cheetah-vel and ant-dir have an ood split
     "aggregate_training_curves": 1, "aggregate_adaptation": 1, "aggregate_ood": 1,
     "aggregate_ablations": 1, "aggregate_scores": 1,
     "figure_training_curves": 1, "figure_adaptation": 1, "figure_ood": 1,
@@ -107,7 +107,7 @@ def test_paper_grid_lists_exact_job_counts_in_seconds(tmp_path):
                      str(REPO / "config" / "config.yaml"))
     elapsed = time.perf_counter() - started
     assert counts == PAPER_COUNTS
-    assert sum(counts.values()) == 215
+    assert sum(counts.values()) == 257
     assert elapsed < 30, f"dry run took {elapsed:.1f} s"
     assert not (tmp_path / "results").exists()
 
@@ -115,10 +115,10 @@ def test_paper_grid_lists_exact_job_counts_in_seconds(tmp_path):
 def test_extended_grid_adds_six_envs(tmp_path):
     counts = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile",
                      str(REPO / "config" / "extended.yaml"))
-    assert counts["train"] == 4 * 12 * 3 + 33
-    assert counts["evaluate_adaptation"] == 4 * 12 * 3
+    assert counts["train"] == 5 * 12 * 3 + 33
+    assert counts["evaluate_adaptation"] == 5 * 12 * 3
     # ood splits: cheetah-vel, ant-dir, ant-goal, walker-params, hopper-params
-    assert counts["evaluate_ood"] == 5 * 4 * 3
+    assert counts["evaluate_ood"] == 5 * 5 * 3
 
 
 def test_ablation_variants_have_their_own_run_directories(tmp_path):
@@ -142,8 +142,8 @@ def test_a_new_agent_is_one_line_of_config(tmp_path):
     result = snakemake(tmp_path, "-n", "-s", str(REPO / "Snakefile"), "--configfile",
                        str(write_config(tmp_path / "c.yaml", config)))
     assert result.returncode != 0
-    assert ("invalid config at `agents.4`: agent 'maml' is not implemented yet; available "
-            "agents: trmrl, rl2, oracle, memoryless") in result.stdout + result.stderr
+    assert ("invalid config at `agents.5`: agent 'maml' is not implemented yet; available "
+            "agents: trmrl, rl2, varibad, oracle, memoryless") in result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def test_quick_preset_builds_every_figure_table_and_the_report(quick):
         for ext in ["pdf", "png"]:
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 5000
     curves = pd.read_csv(results / "tables" / "training_curves.csv")
-    assert set(curves["agent"]) == {"trmrl", "rl2", "oracle", "memoryless"}
+    assert set(curves["agent"]) == {"trmrl", "rl2", "varibad", "oracle", "memoryless"}
     assert set(curves["env"]) == {"cheetah-vel", "ml1-reach"}
     assert set(curves["n"]) == {2}
     ablations = pd.read_csv(results / "tables" / "ablations.csv")
@@ -492,9 +492,9 @@ TRAINED_RUN = re.compile(r"trmrl train --agent \S+ --env \S+ --seed \d+ --out (\
 
 def test_train_revision_retrains_in_new_run_directories(quick):
     result = snakemake(quick.dir, "-n", "all", *quick.args, "--config", "train_revision=1")
-    assert job_counts(result.stdout)["train"] == 20  # every run: 16 main + 4 ablation variants
+    assert job_counts(result.stdout)["train"] == 24  # every run: 20 main + 4 ablation variants
     trained = TRAINED_RUN.findall(result.stdout)
-    assert len(trained) == 20 and all(re.search(r"/seed\d-rev1$", out) for out in trained)
+    assert len(trained) == 24 and all(re.search(r"/seed\d-rev1$", out) for out in trained)
     # a mapping bumps only some agents (an agent's ablation variants with it)
     write_config(quick.dir / "rev.yaml", {"train_revision": {"oracle": 2}})
     result = snakemake(quick.dir, "-n", "all", "--configfile", "config/quick.yaml", "ci.yaml",

@@ -19,10 +19,9 @@ Each iteration: PPO on the policy with the beliefs the encoder gave while acting
 
 Deviations, all ours: the encoder reads the same working memory as TrMRL and RL2 (so at an
 episode boundary s_t is the reset observation, flagged by d_t, rather than the last state of
-the previous episode); the decoder also reads s_j and a_j (the control cost is part of every
-MuJoCo reward); observations are scaled by one running normaliser for encoder, decoder and
-policy; PPO updates once per ``trials_per_update`` whole trials (VariBAD updates every 200
-steps of 16 processes) with the published number of epochs and minibatches per env.
+the previous episode); observations are scaled by one running normaliser for encoder,
+decoder and policy; PPO updates once per ``trials_per_update`` whole trials (VariBAD updates
+every 200 steps of 16 processes) with the published number of epochs and minibatches.
 Defaults and their sources: ``trmrl/configs/varibad.yaml``.
 """
 
