@@ -60,9 +60,14 @@ def test_finished_run_is_not_retrained_and_can_be_extended(tmp_path):
     before = (run / "progress.csv").read_text()
     assert main(train_args(run, steps=160)) == 0
     assert (run / "progress.csv").read_text() == before
-    assert main(train_args(run, steps=320)) == 0
-    assert rows(run / "progress.csv")[: len(before.splitlines())] == rows(run / "progress.csv")[: len(before.splitlines())]
-    assert max(int(r[0]) for r in rows(run / "progress.csv")[1:]) == 320
+    assert main(train_args(run, steps=640)) == 0
+    extended = rows(run / "progress.csv")
+    kept = len(before.splitlines())
+    assert extended[:kept] == [[v for i, v in enumerate(r) if i != 1]
+                               for r in csv.reader(before.splitlines())]
+    assert max(int(r[0]) for r in extended[1:]) == 640
+    # the extension keeps evaluating every eval_every (160) steps, not only at its new end
+    assert sorted({int(r[0]) for r in extended[1:] if r[1] == "test"}) == [0, 160, 320, 480, 640]
 
 
 def test_run_older_than_a_hyperparameter_resumes_at_its_default(tmp_path):
