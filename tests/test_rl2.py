@@ -2,11 +2,6 @@
 resume and a tiny learning run (the interface contract is in test_agent_contract.py)."""
 
 import copy
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +9,7 @@ import torch
 
 from baselines.rl2 import RL2Agent, RL2Config
 from test_agent_contract import step_input
+from test_train import sigkill_after_progress, train_args
 from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.cli import main
@@ -199,16 +195,7 @@ def test_tiny_training_run_improves_and_adapts_across_episodes():
 
 
 # -- resume (CLI, CPU) ------------------------------------------------------------------------
-RL2_TINY = ["gru_size=16", "trials_per_update=2", "horizon=20", "eval_every=160", "eval_tasks=2",
-            "checkpoint_every_s=0", "epochs=2", "minibatch_size=1"]
-
-
-def rl2_args(out, steps):
-    args = ["train", "--agent", "rl2", "--env", "cheetah-vel", "--seed", "0", "--out", str(out),
-            "--steps", str(steps), "--device", "cpu"]
-    for item in RL2_TINY:
-        args += ["--set", item]
-    return args
+RL2_CLI = ["gru_size=16", "minibatch_size=1"]  # over test_train's tiny settings
 
 
 def read_rows(path, wall_column):
@@ -217,25 +204,13 @@ def read_rows(path, wall_column):
 
 
 def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
-    reference = tmp_path / "reference"
-    assert main(rl2_args(reference, 960)) == 0
-
-    killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "trmrl.cli", *rl2_args(killed, 960)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once a few iterations are checkpointed
-        progress = killed / "progress.csv"
-        if progress.exists() and len(progress.read_text().splitlines()) > 12:
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert main(train_args(reference, 960, agent="rl2", extra=RL2_CLI)) == 0
+    sigkill_after_progress(train_args(killed, 960, agent="rl2", extra=RL2_CLI), killed, lines=12)
     partial = read_rows(killed / "progress.csv", 1)
     assert 12 < len(partial) < len(read_rows(reference / "progress.csv", 1)), "kill came too late"
 
-    assert main(rl2_args(killed, 960)) == 0
+    assert main(train_args(killed, 960, agent="rl2", extra=RL2_CLI)) == 0
     assert read_rows(killed / "progress.csv", 1) == read_rows(reference / "progress.csv", 1)
     assert read_rows(killed / "metrics.csv", 2) == read_rows(reference / "metrics.csv", 2)
 

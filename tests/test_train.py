@@ -92,22 +92,28 @@ def test_run_older_than_a_hyperparameter_resumes_at_its_default(tmp_path):
     assert main(train_args(run, steps=320, agent="oracle", extra=["target_kl=0.5"])) == 2  # a real change
 
 
+def sigkill_after_progress(args, run_dir, lines):
+    """Run `trmrl <args>` in a subprocess and SIGKILL it once its progress.csv has more
+    than ``lines`` lines (a few iterations checkpointed, with checkpoint_every_s=0)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "trmrl.cli", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = run_dir / "progress.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.exists() and len(progress.read_text().splitlines()) > lines:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_sigkill_and_resume_reproduce_an_uninterrupted_run(tmp_path):
     reference = tmp_path / "reference"
     assert main(train_args(reference, steps=960)) == 0
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "trmrl.cli", *train_args(killed, steps=960)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once a few iterations are checkpointed
-        progress = killed / "progress.csv"
-        if progress.exists() and len(progress.read_text().splitlines()) > 12:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    sigkill_after_progress(train_args(killed, steps=960), killed, lines=12)
     partial = rows(killed / "progress.csv")
     assert 12 < len(partial) < len(rows(reference / "progress.csv")), "kill came too late"
 

@@ -11,6 +11,7 @@ from baselines.varibad import VariBADAgent, VariBADConfig, elbo_loss
 from baselines.varibad.varibad import TrialBuffer, gaussian_kl
 from test_agent_contract import step_input
 from test_rl2 import read_rows
+from test_train import train_args
 from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.cli import main
@@ -224,26 +225,16 @@ def test_tiny_training_run_improves():
 
 
 # -- resume (CLI, CPU) ------------------------------------------------------------------------
-TINY_CLI = ["encoder_gru=16", "trials_per_update=2", "horizon=20", "eval_every=160", "eval_tasks=2",
-            "checkpoint_every_s=0", "epochs=2", "minibatch_size=20", "vae_buffer_trials=5",
-            "vae_batch_trials=2"]
-
-
-def varibad_args(out, steps):
-    args = ["train", "--agent", "varibad", "--env", "cheetah-vel", "--seed", "0", "--out", str(out),
-            "--steps", str(steps), "--device", "cpu"]
-    for item in TINY_CLI:
-        args += ["--set", item]
-    return args
+VARIBAD_CLI = ["encoder_gru=16", "minibatch_size=20", "vae_buffer_trials=5",
+               "vae_batch_trials=2"]  # over test_train's tiny settings
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     """Stop after 480 of 960 steps, resume: the same rows as one run (VAE buffer and
     optimiser included in the checkpoint)."""
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    assert main(varibad_args(reference, 960)) == 0
-    assert main(varibad_args(resumed, 480)) == 0
-    assert main(varibad_args(resumed, 960)) == 0
+    for out, steps in ((reference, 960), (resumed, 480), (resumed, 960)):
+        assert main(train_args(out, steps, agent="varibad", extra=VARIBAD_CLI)) == 0
     assert read_rows(resumed / "progress.csv", 1) == read_rows(reference / "progress.csv", 1)
     assert read_rows(resumed / "metrics.csv", 2) == read_rows(reference / "metrics.csv", 2)
 

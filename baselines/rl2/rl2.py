@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.agents.ppo_agent import RecurrentPPOAgent, mlp, to_device
 from trmrl.agents.reference import RunningNormalizer
 from trmrl.errors import ConfigError
 from trmrl.ppo import PPOConfig
-from trmrl.sampling import StepInput, TrialBatch
+from trmrl.sampling import TrialBatch
 
 
 @dataclass
@@ -146,7 +146,7 @@ class RL2Model(nn.Module):
         return [*gru, *self.value.parameters()]
 
 
-class RL2Agent(PPOAgent):
+class RL2Agent(RecurrentPPOAgent):
     """RL2: a GRU over (s, a, r, d) carried across the episodes of a trial, trained with PPO."""
 
     name = "rl2"
@@ -158,16 +158,7 @@ class RL2Agent(PPOAgent):
         obs_dim, act_dim = self.suite.observation_dim, self.suite.action_dim
         return RL2Model(obs_dim + act_dim + 2, obs_dim, act_dim, self.config)
 
-    # -- memory while acting: the GRU state of every trial ----------------------------------
-    def reset(self, num_trials: int) -> None:
-        self.state = torch.zeros(num_trials, self.model.state_size, device=self.device)
-
-    def step_inputs(self, step: StepInput):
-        return {"x": to_device(step.augmented(), self.device), "state": self.state}
-
-    def carry_state(self, state: torch.Tensor) -> None:
-        self.state = state.clone()  # a copy: a CUDA graph overwrites its output buffer
-
+    # acting: RecurrentPPOAgent carries the GRU state of every trial
     # -- the same inputs for whole trials ------------------------------------------------------
     def batch_inputs(self, batch: TrialBatch):
         return {"x": to_device(batch.augmented_inputs(), self.device)}

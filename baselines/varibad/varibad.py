@@ -37,11 +37,11 @@ import torch
 import torch.nn as nn
 
 from baselines.rl2.rl2 import float32_cudnn, gru_step, make_gru
-from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.agents.ppo_agent import RecurrentPPOAgent, mlp, to_device
 from trmrl.agents.reference import RunningNormalizer
 from trmrl.errors import ConfigError
 from trmrl.ppo import PPOConfig
-from trmrl.sampling import StepInput, TrialBatch
+from trmrl.sampling import TrialBatch
 
 
 @dataclass
@@ -145,6 +145,7 @@ class VariBADModel(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, config: VariBADConfig):
         super().__init__()
         self.latent_dim = config.latent_dim
+        self.state_size = config.encoder_gru  # the recurrent state carried while acting
         self.normalizer = RunningNormalizer(obs_dim) if config.normalize_observations else None
         self.encoder = BeliefEncoder(obs_dim, act_dim, config)
         # r_j from (m, s_j, a_j, s_{j+1})
@@ -253,6 +254,17 @@ def elbo_loss(model: VariBADModel, trials: dict[str, torch.Tensor], config: Vari
     return loss, stats
 
 
+def discounted_returns_so_far(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """[N, T] float64: sum_{k<=t} gamma^(t-k) r_k per trial, the running return whose std
+    scales rewards (as VecNormalize)."""
+    returns = np.zeros_like(rewards, dtype=np.float64)
+    running = np.zeros(rewards.shape[0])
+    for t in range(rewards.shape[1]):
+        running = running * gamma + rewards[:, t]
+        returns[:, t] = running
+    return returns
+
+
 class TrialBuffer:
     """The ``capacity`` most recent trials as fixed [capacity, T, ...] tensors (a ring)."""
 
@@ -295,7 +307,7 @@ class TrialBuffer:
             self.size, self.next = keep, state["next"] % self.capacity
 
 
-class VariBADAgent(PPOAgent):
+class VariBADAgent(RecurrentPPOAgent):
     """VariBAD: a VAE belief over the task (GRU encoder, reward decoder) + PPO on (s, belief)."""
 
     name = "varibad"
@@ -312,15 +324,7 @@ class VariBADAgent(PPOAgent):
     def build_model(self):
         return VariBADModel(self.suite.observation_dim, self.suite.action_dim, self.config)
 
-    # -- memory while acting: the encoder's GRU state of every trial -------------------------
-    def reset(self, num_trials: int) -> None:
-        self.state = torch.zeros(num_trials, self.config.encoder_gru, device=self.device)
-
-    def step_inputs(self, step: StepInput):
-        return {"x": to_device(step.augmented(), self.device), "state": self.state}
-
-    def carry_state(self, state: torch.Tensor) -> None:
-        self.state = state.clone()  # a copy: a CUDA graph overwrites its output buffer
+    # acting: RecurrentPPOAgent carries the encoder's GRU state of every trial
 
     # -- learning -----------------------------------------------------------------------------
     def trials(self, batch: TrialBatch) -> dict[str, torch.Tensor]:
@@ -339,17 +343,13 @@ class VariBADAgent(PPOAgent):
         """Rewards for PPO: divided by the running std of the discounted return (the VAE
         keeps the raw ones). Statistics move after the update, as the observation scaling."""
         scale = float(self.return_stats.var.sqrt().clamp(min=1e-4))
-        ret, returns = np.zeros(batch.num_trials), np.zeros_like(batch.reward, dtype=np.float64)
-        for t in range(batch.reward.shape[1]):
-            ret = ret * self.config.gamma + batch.reward[:, t]
-            returns[:, t] = ret
-        self.pending_returns = returns[batch.valid]
         return np.clip(batch.reward / scale, -10, 10).astype(np.float32)
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
         if self.config.normalize_rewards:
             metrics = super().update(dataclasses.replace(batch, reward=self.scaled_rewards(batch)))
-            self.return_stats.update(to_device(self.pending_returns[:, None], self.device))
+            returns = discounted_returns_so_far(batch.reward, self.config.gamma)[batch.valid]
+            self.return_stats.update(to_device(returns[:, None], self.device))
         else:
             metrics = super().update(batch)
         self.buffer.add(self.trials(batch))

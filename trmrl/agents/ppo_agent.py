@@ -9,7 +9,8 @@ tests check that the PPO ratio is 1 before the first gradient step.
 Two switches for recurrent agents (RL2): ``trial_minibatches = True`` makes PPO's samples
 whole trials (the model gets [trials, T, ...] inputs and returns [trials, T] outputs) instead
 of timesteps, and a model that sets ``last_state`` in its acting forward has that state
-handed to ``carry_state`` after every step, to feed into the next one.
+handed to ``carry_state`` after every step, to feed into the next one
+(:class:`RecurrentPPOAgent` keeps it, for RL2 and VariBAD).
 """
 
 from __future__ import annotations
@@ -172,6 +173,21 @@ class PPOAgent(Agent):
                     self.optimizer.state[param]["step"] = (
                         step.to(self.device, torch.float32) if self.graphed else step.cpu())
         self._graphed_update = None
+
+
+class RecurrentPPOAgent(PPOAgent):
+    """A PPO agent whose model carries a recurrent state [trials, model.state_size] across
+    the episodes of a trial (RL2's GRUs, VariBAD's encoder): zeros at each trial's start,
+    fed with the working memory (s_t, a_{t-1}, r_{t-1}, d_t) at every step."""
+
+    def reset(self, num_trials: int) -> None:
+        self.state = torch.zeros(num_trials, self.model.state_size, device=self.device)
+
+    def step_inputs(self, step: StepInput) -> dict[str, torch.Tensor]:
+        return {"x": to_device(step.augmented(), self.device), "state": self.state}
+
+    def carry_state(self, state: torch.Tensor) -> None:
+        self.state = state.clone()  # a copy: a CUDA graph overwrites its output buffer
 
 
 class GraphedForward:
