@@ -14,6 +14,8 @@ from trmrl.envs.base import Task, TaskEnv, TaskSuite, split_rng
 
 
 class ToyEnv(TaskEnv):
+    steps_taken = 0  # by every ToyEnv of this process: what an agent consumed, whatever its sampler
+
     def __init__(self, fall_at: int = 0):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -34,6 +36,7 @@ class ToyEnv(TaskEnv):
             raise RuntimeError("reset() with a task first")
         a = float(np.clip(action, -1, 1)[0])
         self.steps += 1
+        ToyEnv.steps_taken += 1
         target = self.task.params["target"]
         reward = -(a - target) ** 2
         terminated = self.fall_at > 0 and self.steps >= self.fall_at

@@ -139,7 +139,8 @@ def cmd_agents(args) -> None:
             if diff:
                 print(f"  {env}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in diff.items()))
         print()
-    print("not implemented yet: " + ", ".join(PLANNED))
+    if PLANNED:
+        print("not implemented yet: " + ", ".join(PLANNED))
 
 
 def _fmt(value) -> str:

@@ -40,9 +40,12 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
     tasks = suite.eval_tasks(split, spec.seed, num_tasks)
     hp = spec.hyperparameters
     agent.record_memory = latents is not None
-    with TrialSampler(suite, len(tasks), horizon=hp.horizon, episodes_per_trial=episodes,
-                      seed=spec.seed + 20_000) as sampler:
-        batch = sampler.run(agent, tasks, deterministic=True, call=0)
+    try:
+        with TrialSampler(suite, len(tasks), horizon=hp.horizon, episodes_per_trial=episodes,
+                          seed=spec.seed + 20_000) as sampler:
+            batch = sampler.run(agent, tasks, deterministic=True, call=0)
+    finally:
+        agent.close()
     if latents is not None:
         _save_latents(Path(latents), batch, tasks, latent_stride)
     lines = [EVAL_COLUMNS]

@@ -357,6 +357,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         progress.close()
         sampler.close()
         eval_sampler.close()
+        agent.close()
     log.info("done: %d env steps in %s, final test return %.2f", env_steps,
              format_duration(wall()), latest_test if latest_test is not None else float("nan"))
     return {"env_steps": env_steps, "iterations": iteration, "wall_s": wall(),

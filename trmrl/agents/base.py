@@ -86,6 +86,10 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Release what the agent holds beyond memory, e.g. samplers of its own whose
+        worker processes collect data in shapes the trainer's sampler does not have."""
+
     # Agents with an episodic memory (an embedding the policy acts on) return it in
     # ``PolicyOutput.extras["memory"]`` while ``record_memory`` is True (latent maps).
     record_memory: bool = False
