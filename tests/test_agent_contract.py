@@ -27,7 +27,9 @@ SMALL = {"trials_per_update": 3, "epochs": 2, "minibatch_size": 2, "eval_tasks":
          "layers": 1, "heads": 2, "d_model": 16, "d_ff": 32, "wm_size": 3, "gru_size": 8,
          "hidden": [8], "policy_hidden": [8], "encoder_gru": 8, "latent_dim": 2,
          "decoder_hidden": [8], "vae_subsample_elbos": 3, "vae_batch_trials": 2,
-         "episodes_per_task": 2}
+         "episodes_per_task": 2, "num_train_tasks": 4, "num_initial_steps": 1, "num_steps_prior": 1,
+         "num_extra_rl_steps_posterior": 1, "num_train_steps_per_itr": 2, "meta_batch": 2,
+         "batch_size": 8, "context_batch_size": 4, "encoder_hidden": [8]}
 
 
 def small_config(name: str, **extra):
@@ -51,12 +53,6 @@ def step_input(suite, n: int, rng: np.random.Generator, episode_start: bool) -> 
 
 
 agents = pytest.mark.parametrize("name", AGENT_NAMES)
-
-
-def agent_uses_trainer_trials(name: str) -> bool:
-    """On-policy memory agents learn from the trainer's trials as they are; MAML (pre- and
-    post-update episodes) and PEARL (replay buffers, prior/posterior collection) do not."""
-    return name not in ("maml", "pearl")
 
 
 @agents
@@ -127,7 +123,7 @@ def test_train_iteration_returns_finite_metrics(name):
     # (MAML, PEARL collect in other shapes): its returns are [trials, episodes] of any size
     assert result.env_steps == ToyEnv.steps_taken - before > 0
     assert result.episode_return.ndim == 2 and result.episode_return.shape == result.episode_success.shape
-    if agent_uses_trainer_trials(name):
+    if agent.collects_trainer_trials:  # one trial per task on the trainer's sampler
         assert result.env_steps == 3 * 3 * 4  # 3 trials x 3 episodes x 4 steps (fall_at=4)
         assert result.episode_return.shape == (3, 3)
     assert result.metrics and all(isinstance(v, (int, float)) and math.isfinite(v)

@@ -88,11 +88,11 @@ def paper_config() -> dict:
 # plans: job counts of the shipped configs (dry runs, seconds each)
 # ---------------------------------------------------------------------------------------
 PAPER_COUNTS = {
-    # 5 agents x 6 envs x 3 seeds, plus 11 ablation variants x 3 seeds (the 4 grid points
+    # 7 agents x 6 envs x 3 seeds, plus 11 ablation variants x 3 seeds (the 4 grid points
     # that equal the main run reuse it: T-Fixup without LayerNorm, 4 layers, wm 5, 16 heads)
-    "train": 90 + 33,
-    "evaluate_adaptation": 90,
-    "evaluate_ood": 2 * 5 * 3,  # cheetah-vel and ant-dir have an ood split
+    "train": 126 + 33,
+    "evaluate_adaptation": 126,
+    "evaluate_ood": 2 * 7 * 3,  # cheetah-vel and ant-dir have an ood split
     "aggregate_training_curves": 1, "aggregate_adaptation": 1, "aggregate_ood": 1,
     "aggregate_ablations": 1, "aggregate_scores": 1,
     "figure_training_curves": 1, "figure_adaptation": 1, "figure_ood": 1,
@@ -107,7 +107,7 @@ def test_paper_grid_lists_exact_job_counts_in_seconds(tmp_path):
                      str(REPO / "config" / "config.yaml"))
     elapsed = time.perf_counter() - started
     assert counts == PAPER_COUNTS
-    assert sum(counts.values()) == 257
+    assert sum(counts.values()) == 341
     assert elapsed < 30, f"dry run took {elapsed:.1f} s"
     assert not (tmp_path / "results").exists()
 
@@ -115,10 +115,10 @@ def test_paper_grid_lists_exact_job_counts_in_seconds(tmp_path):
 def test_extended_grid_adds_six_envs(tmp_path):
     counts = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile",
                      str(REPO / "config" / "extended.yaml"))
-    assert counts["train"] == 5 * 12 * 3 + 33
-    assert counts["evaluate_adaptation"] == 5 * 12 * 3
+    assert counts["train"] == 7 * 12 * 3 + 33
+    assert counts["evaluate_adaptation"] == 7 * 12 * 3
     # ood splits: cheetah-vel, ant-dir, ant-goal, walker-params, hopper-params
-    assert counts["evaluate_ood"] == 5 * 5 * 3
+    assert counts["evaluate_ood"] == 7 * 5 * 3
 
 
 def test_ablation_variants_have_their_own_run_directories(tmp_path):
@@ -135,15 +135,24 @@ def test_ablation_variants_have_their_own_run_directories(tmp_path):
                      r"--set layers=2", result.stdout)
 
 
-def test_a_new_agent_is_one_line_of_config(tmp_path):
-    """maml is a design name: the schema accepts it, the workflow names what is implemented."""
+def test_an_agent_is_one_line_of_config_with_its_own_budget(tmp_path):
+    """Adding an agent's name adds its train and evaluate jobs for every env and seed; PEARL
+    trains on its package budgets (agent_steps: null), MAML on the grid's `steps`."""
     config = paper_config()
+    config["agents"].remove("maml")
+    config["ablations"]["studies"] = {}
+    path = write_config(tmp_path / "without.yaml", config)
+    without = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile", str(path))
     config["agents"].append("maml")
-    result = snakemake(tmp_path, "-n", "-s", str(REPO / "Snakefile"), "--configfile",
-                       str(write_config(tmp_path / "c.yaml", config)))
-    assert result.returncode != 0
-    assert ("invalid config at `agents.5`: agent 'maml' is not implemented yet; available "
-            "agents: trmrl, rl2, varibad, oracle, memoryless") in result.stdout + result.stderr
+    path = write_config(tmp_path / "with.yaml", config)
+    with_maml = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile", str(path))
+    added = {k: with_maml[k] - without.get(k, 0) for k in with_maml if with_maml[k] != without.get(k)}
+    assert added == {"train": 6 * 3, "evaluate_adaptation": 6 * 3, "evaluate_ood": 2 * 3}
+    result = snakemake(tmp_path, "-n", "-p", "runs", "-s", str(REPO / "Snakefile"), "--configfile",
+                       str(path))
+    assert re.search(r"--agent maml --env cheetah-vel .*--steps 20000000", result.stdout)
+    pearl = re.findall(r"--agent pearl --env cheetah-vel [^\n]*", result.stdout)
+    assert pearl and all("--steps" not in line for line in pearl)
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,7 +451,7 @@ def test_quick_preset_builds_every_figure_table_and_the_report(quick):
         for ext in ["pdf", "png"]:
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 5000
     curves = pd.read_csv(results / "tables" / "training_curves.csv")
-    assert set(curves["agent"]) == {"trmrl", "rl2", "varibad", "oracle", "memoryless"}
+    assert set(curves["agent"]) == {"trmrl", "rl2", "maml", "pearl", "varibad", "oracle", "memoryless"}
     assert set(curves["env"]) == {"cheetah-vel", "ml1-reach"}
     assert set(curves["n"]) == {2}
     ablations = pd.read_csv(results / "tables" / "ablations.csv")
@@ -492,9 +501,9 @@ TRAINED_RUN = re.compile(r"trmrl train --agent \S+ --env \S+ --seed \d+ --out (\
 
 def test_train_revision_retrains_in_new_run_directories(quick):
     result = snakemake(quick.dir, "-n", "all", *quick.args, "--config", "train_revision=1")
-    assert job_counts(result.stdout)["train"] == 24  # every run: 20 main + 4 ablation variants
+    assert job_counts(result.stdout)["train"] == 32  # every run: 28 main + 4 ablation variants
     trained = TRAINED_RUN.findall(result.stdout)
-    assert len(trained) == 24 and all(re.search(r"/seed\d-rev1$", out) for out in trained)
+    assert len(trained) == 32 and all(re.search(r"/seed\d-rev1$", out) for out in trained)
     # a mapping bumps only some agents (an agent's ablation variants with it)
     write_config(quick.dir / "rev.yaml", {"train_revision": {"oracle": 2}})
     result = snakemake(quick.dir, "-n", "all", "--configfile", "config/quick.yaml", "ci.yaml",

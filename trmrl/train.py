@@ -244,7 +244,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     agent = build_agent(spec)
     suite = agent.suite
     sampler = TrialSampler(suite, hp.trials_per_update, horizon=hp.horizon,
-                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers,
+                           episodes_per_trial=hp.episodes_per_trial,
+                           num_workers=hp.num_workers if agent.collects_trainer_trials else 0,
                            seed=spec.seed)
     eval_sampler = TrialSampler(suite, min(hp.eval_tasks, 64), horizon=hp.horizon,
                                 episodes_per_trial=hp.episodes_per_trial, seed=spec.seed + 10_000)

@@ -190,6 +190,7 @@ def episode_advantages(obs: np.ndarray, reward: np.ndarray, mask: np.ndarray, ga
 # ---------------------------------------------------------------------------------------
 class MAMLAgent(Agent):
     name = "maml"
+    collects_trainer_trials = False  # one-episode trials: pre- and post-update episodes on its own samplers
     config_class = MAMLConfig
     config: MAMLConfig
 

@@ -22,6 +22,12 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
             "oracle": "oracle",
             "memoryless": "memoryless",
         },
+        "MAML-TRPO and PEARL": {
+            "maml": "MAML-TRPO, defaults v1",
+            "pearl": "PEARL, defaults v1 (stopped at 0.6M of 1M)",
+            "oracle": "oracle",
+            "memoryless": "memoryless",
+        },
         "TrMRL and VariBAD settings": {
             "trmrl--v1": "TrMRL, paper config v1 (diverged at 4.6M)",
             "trmrl--v1-resumed": "TrMRL v1, resumed at 4.5M with clip, at 7.6M with target_kl",
@@ -42,6 +48,12 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
             "rl2": "RL2, defaults v1",
             "varibad--v1": "VariBAD v1 (raw rewards)",
             "oracle": "oracle, defaults v3",
+            "memoryless": "memoryless, defaults v3",
+        },
+        "MAML-TRPO and PEARL": {
+            "maml": "MAML-TRPO, defaults v1",
+            "pearl": "PEARL, defaults v1 (stopped at 0.9M of 1M)",
+            "rl2": "RL2, defaults v1",
             "memoryless": "memoryless, defaults v3",
         },
     },
@@ -68,7 +80,12 @@ def main() -> None:
                          linewidth=1.0)
             ax.set_title(title)
             ax.set_xlabel("environment steps")
-            ax.legend(loc="lower right", frameon=True, fontsize=6.5, title=None)
+            if "PEARL" in title:  # its 1M steps next to the others' 10M: a log axis above 100k
+                ax.set_xscale("symlog", linthresh=1e5)
+                ax.set_xlim(left=0)
+                ax.set_xlabel("environment steps (log scale above 100k)")
+            ax.legend(loc="upper left" if "PEARL" in title else "lower right", frameon=True,
+                      fontsize=6.5, title=None)
         axes[0, 0].set_ylabel("test return per episode\n(20 held-out tasks, mean of 2 episodes)")
         fig.suptitle(f"{env}, seed 0, deterministic evaluation", fontsize=10)
         fig.tight_layout()

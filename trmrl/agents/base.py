@@ -62,6 +62,9 @@ class Agent(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[RunConfig]]
+    # False for agents that collect with samplers of their own (MAML's one-episode trials,
+    # PEARL's prior/posterior phases): the trainer's sampler then starts no worker processes
+    collects_trainer_trials: ClassVar[bool] = True
 
     def __init__(self, config: RunConfig, suite: TaskSuite, device: torch.device, seed: int):
         self.config, self.suite, self.device, self.seed = config, suite, device, seed

@@ -99,7 +99,7 @@ def check_agents_implemented(config, agents, planned):
 def check_hyperparameter(path, key, value, agent_info, env):
     """Key and type of one --set value, against the agent's defaults (`trmrl agents --json`)."""
     if key == "steps":
-        raise config_error(path, "set budgets with the top-level `steps:` (per env)")
+        raise config_error(path, "set budgets with the top-level `steps:` (per env) or `agent_steps:` (per agent)")
     if key not in agent_info["keys"]:
         raise config_error(path, f"{agent_info['name']} has no hyperparameter {key!r}; valid: "
                            f"{', '.join(agent_info['keys'])}")
@@ -128,9 +128,17 @@ def check_hyperparameters(config, agents):
         for env_key, values in by_env.items():
             env = config["envs"][0] if env_key == "default" else env_key
             for key, value in values.items():
-                for agent in targets:
-                    check_hyperparameter(["hyperparameters", scope, env_key, key], key, value,
-                                         agents[agent], env)
+                path = ["hyperparameters", scope, env_key, key]
+                if scope == "all":  # every agent that has the key (PPO's epochs: not MAML)
+                    having = [a for a in targets if key in agents[a]["keys"]]
+                    if not having and key != "steps":
+                        raise config_error(path, f"no agent of the grid ({', '.join(targets)}) "
+                                           f"has a hyperparameter {key!r}")
+                    targets_of_key = having or targets
+                else:
+                    targets_of_key = targets
+                for agent in targets_of_key:
+                    check_hyperparameter(path, key, value, agents[agent], env)
     ablations = config["ablations"]
     for study, grid in ablations.get("studies", {}).items():
         for key, values in grid.items():
@@ -148,12 +156,14 @@ def yaml_scalar(value):
 
 
 def run_overrides(config, agent, env):
-    """The config's hyperparameters of (agent, env), in override order."""
+    """The config's hyperparameters of (agent, env), in override order; `all` gives each
+    agent the keys it has."""
     values = {}
     for scope in ("all", agent):
         by_env = config["hyperparameters"].get(scope, {})
-        values.update(by_env.get("default", {}))
-        values.update(by_env.get(env, {}))
+        for part in (by_env.get("default", {}), by_env.get(env, {})):
+            values.update({k: v for k, v in part.items()
+                           if scope != "all" or k in AGENTS[agent]["keys"]})
     return values
 
 
@@ -209,15 +219,25 @@ def variant_name(values):
     return "-".join(parts)
 
 
-def budget(config, env):
-    """`steps:` is one budget for every env, or per env (None: the package's paper budget)."""
+def budget(config, agent, env):
+    """The env-step budget of (agent, env); None: the package's budget (`trmrl agents`).
+
+    `steps:` is one budget for every env or per env; `agent_steps:` replaces it for an agent
+    (one integer, per env, or null for the agent's package budgets)."""
     steps = config["steps"]
+    agent_steps = config.get("agent_steps", {})
+    if agent in agent_steps:
+        own = agent_steps[agent]
+        if own is None or isinstance(own, int):
+            return own
+        if env in own:
+            return own[env]
     return steps if isinstance(steps, int) else steps.get(env)
 
 
 def plan_main_runs(config):
     return [Run(agent, env, seed, "", revision(config, agent),
-                tuple(run_overrides(config, agent, env).items()), budget(config, env))
+                tuple(run_overrides(config, agent, env).items()), budget(config, agent, env))
             for agent in config["agents"] for env in config["envs"] for seed in config["seeds"]]
 
 
@@ -242,7 +262,7 @@ def plan_ablations(config, agents):
             variant = "" if is_main else variant_name(values)
             overrides = base if is_main else {**base, **values}
             runs = [Run(agent, env, seed, variant, revision(config, agent),
-                        tuple(overrides.items()), budget(config, env))
+                        tuple(overrides.items()), budget(config, agent, env))
                     for seed in seeds]
             points.append({"study": study, "variant": variant_name(values), "values": values,
                            "default": is_main, "runs": runs})
