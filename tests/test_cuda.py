@@ -1,4 +1,5 @@
-"""GPU paths (skipped without CUDA): the CUDA-graph PPO update equals the eager one."""
+"""GPU paths (skipped without CUDA): the CUDA-graph PPO update and PEARL gradient step equal the
+eager ones; checkpoints move between CPU and GPU."""
 
 import copy
 
