@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from baselines.maml import MAMLAgent, MAMLConfig
-from baselines.maml.maml import (conjugate_gradient, episode_advantages, fit_baseline,
-                                 gaussian_kl, grouped, policy_mean)
+from baselines.maml.maml import (conjugate_gradient, episode_advantages, fit_baseline, grouped,
+                                 policy_mean)
 from test_agent_contract import step_input
 from test_train import rows, sigkill_after_progress, train_args
 from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.cli import main
-from trmrl.ppo import gaussian_log_prob
+from trmrl.ppo import gaussian_kl, gaussian_log_prob
 from trmrl.sampling import TrialSampler
 
 TINY = dict(hidden=(8,), trials_per_update=3, episodes_per_task=4)
@@ -114,7 +114,7 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_bound(max_kl):
     metrics = agent.outer_step(pre, post)
     assert metrics["step_fraction"] > 0, "no step accepted on a random problem"
     mean, log_std = post_update_policy([p.detach() for p in agent.theta])
-    kl = (gaussian_kl(old_mean, old_log_std, mean, log_std) * post["mask"]).sum(-1) / post["mask"].sum(-1)
+    kl = (gaussian_kl(old_mean, 2 * old_log_std, mean, 2 * log_std) * post["mask"]).sum(-1) / post["mask"].sum(-1)
     assert 0 < float(kl.mean()) <= max_kl
     assert metrics["kl"] == pytest.approx(float(kl.mean()), rel=1e-4)
     assert metrics["surrogate_after"] > metrics["surrogate_before"]
@@ -128,7 +128,7 @@ def test_gaussian_kl_matches_torch_distributions():
     s0, s1 = torch.randn(1, 3, generator=g) * 0.3, torch.randn(1, 3, generator=g) * 0.3
     expected = torch.distributions.kl_divergence(
         torch.distributions.Normal(m0, s0.exp()), torch.distributions.Normal(m1, s1.exp())).sum(-1)
-    torch.testing.assert_close(gaussian_kl(m0, s0, m1, s1), expected)
+    torch.testing.assert_close(gaussian_kl(m0, 2 * s0, m1, 2 * s1), expected)  # as MAML calls it
 
 
 # -- advantages ---------------------------------------------------------------------------------

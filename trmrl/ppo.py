@@ -89,6 +89,12 @@ def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.T
             - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) of diagonal Gaussians, summed over the last axis."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp()
+                  - 1).sum(-1)
+
+
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
 

@@ -44,7 +44,7 @@ import torch
 
 from trmrl.agents.base import Agent, IterationResult, RunConfig
 from trmrl.errors import ConfigError
-from trmrl.ppo import gaussian_log_prob
+from trmrl.ppo import gae, gaussian_kl, gaussian_log_prob
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch, TrialSampler
 
 @dataclass
@@ -118,13 +118,6 @@ def policy_mean(params: Params, obs: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def gaussian_kl(old_mean, old_log_std, mean, log_std) -> torch.Tensor:
-    """KL(old || new) of diagonal Gaussians, summed over the action dimension."""
-    var_ratio = torch.exp(2 * (old_log_std - log_std))
-    return 0.5 * (var_ratio + (old_mean - mean).pow(2) * torch.exp(-2 * log_std) - 1
-                  - torch.log(var_ratio)).sum(-1)
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the last dimension where ``mask`` [G, M] is 1, per group: [G]."""
     return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
@@ -139,16 +132,6 @@ def baseline_features(obs: np.ndarray, step: np.ndarray) -> np.ndarray:
     s = np.clip(obs, -10, 10)
     t = step[..., None] / 100.0
     return np.concatenate([s, s * s, t, t * t, t ** 3, np.ones_like(t)], -1)
-
-
-def discounted_returns(reward: np.ndarray, mask: np.ndarray, gamma: float) -> np.ndarray:
-    """Returns-to-go inside each episode ([E, H] rows, one episode each, no bootstrap)."""
-    out = np.zeros_like(reward, dtype=np.float64)
-    running = np.zeros(reward.shape[0])
-    for t in range(reward.shape[1] - 1, -1, -1):
-        running = (reward[:, t] + gamma * running) * mask[:, t]
-        out[:, t] = running
-    return out
 
 
 def fit_baseline(features: np.ndarray, returns: np.ndarray, mask: np.ndarray,
@@ -172,15 +155,11 @@ def episode_advantages(obs: np.ndarray, reward: np.ndarray, mask: np.ndarray, ga
     mask = mask.astype(bool)
     step = np.broadcast_to(np.arange(reward.shape[1], dtype=np.float64), reward.shape)
     features = baseline_features(obs.astype(np.float64), step)
-    returns = discounted_returns(reward, mask, gamma)
+    # returns-to-go are GAE's value targets for a zero value function at lambda 1; the value
+    # after an episode's end is 0 in both (each row is one whole episode)
+    _, returns = gae(reward, np.zeros_like(reward), mask, gamma, 1.0)
     value = features @ fit_baseline(features, returns, mask, reg) * mask
-    advantage = np.zeros_like(returns)
-    running = np.zeros(reward.shape[0])
-    for t in range(reward.shape[1] - 1, -1, -1):  # the value after an episode's end is 0
-        next_value = value[:, t + 1] if t + 1 < reward.shape[1] else 0.0
-        delta = reward[:, t] + gamma * next_value - value[:, t]
-        running = (delta + gamma * lam * running) * mask[:, t]
-        advantage[:, t] = running
+    advantage = gae(reward, value, mask, gamma, lam)[0].astype(np.float64)  # standardised in float64
     valid = advantage[mask]
     return np.where(mask, (advantage - valid.mean()) / (valid.std() + 1e-8), 0.0)
 
@@ -372,7 +351,7 @@ class MAMLAgent(Agent):
             mean, log_std = self.post_update_distribution(theta, pre_data, post_data, create_graph)
             logp = gaussian_log_prob(mean, log_std, action)
             surrogate = masked_mean(torch.exp(logp - old_logp) * advantage, mask).mean()
-            kl = masked_mean(gaussian_kl(old_mean, old_log_std, mean, log_std), mask).mean()
+            kl = masked_mean(gaussian_kl(old_mean, 2 * old_log_std, mean, 2 * log_std), mask).mean()
             return surrogate, kl
 
         with torch.no_grad():
@@ -391,20 +370,20 @@ class MAMLAgent(Agent):
             direction, residual = conjugate_gradient(fisher_product, gradient, config.cg_iters)
             curvature = float(direction @ fisher_product(direction))
         before = float(surrogate.detach())
-        old_theta = [p.detach().clone() for p in theta]
+        old_theta = flat(theta).detach().clone()
         step_size = math.sqrt(2 * config.max_kl / max(curvature, 1e-12))
         full_step = step_size * direction
         accepted, new_surrogate, new_kl, fraction = False, before, 0.0, 0.0
         for k in range(config.max_backtracks):
             fraction = config.backtrack_ratio ** k
-            set_flat(theta, flat(old_theta) + fraction * full_step)
+            set_flat(theta, old_theta + fraction * full_step)
             with torch.no_grad():  # (the inner step still takes its gradient)
                 new_surrogate, new_kl = (float(v) for v in surrogate_and_kl(create_graph=False))
             if new_surrogate > before and new_kl <= config.max_kl and math.isfinite(new_surrogate):
                 accepted = True
                 break
         if not accepted:  # no step kept the KL bound and improved: stay
-            set_flat(theta, flat(old_theta))
+            set_flat(theta, old_theta)
             new_surrogate, new_kl, fraction = before, 0.0, 0.0
         if not all(torch.isfinite(p).all() for p in theta):
             raise FloatingPointError("non-finite policy parameters after the TRPO step")

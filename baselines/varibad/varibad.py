@@ -40,7 +40,7 @@ from baselines.rl2.rl2 import float32_cudnn, gru_step, make_gru
 from trmrl.agents.ppo_agent import RecurrentPPOAgent, mlp, to_device
 from trmrl.agents.reference import RunningNormalizer
 from trmrl.errors import ConfigError
-from trmrl.ppo import PPOConfig
+from trmrl.ppo import PPOConfig, gaussian_kl
 from trmrl.sampling import TrialBatch
 
 
@@ -94,12 +94,6 @@ class VariBADConfig(PPOConfig):
         for name in ("policy_hidden", "decoder_hidden"):
             if any(size <= 0 for size in getattr(self, name)):
                 raise ConfigError(f"{name} sizes must be positive, got {list(getattr(self, name))!r}")
-
-
-def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
-    """KL(N(mu_q, var_q) || N(mu_p, var_p)) of diagonal Gaussians, summed over the last axis."""
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp()
-                  - 1).sum(-1)
 
 
 class BeliefEncoder(nn.Module):
