@@ -23,8 +23,8 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
             "memoryless": "memoryless",
         },
         "MAML-TRPO and PEARL": {
-            "maml": "MAML-TRPO, defaults v1",
-            "pearl": "PEARL, defaults v1 (stopped at 0.6M of 1M)",
+            "maml": "MAML-TRPO, defaults v1 (25M steps)",
+            "pearl": "PEARL, defaults v1 (1M steps)",
             "oracle": "oracle",
             "memoryless": "memoryless",
         },
@@ -51,8 +51,8 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
             "memoryless": "memoryless, defaults v3",
         },
         "MAML-TRPO and PEARL": {
-            "maml": "MAML-TRPO, defaults v1",
-            "pearl": "PEARL, defaults v1 (stopped at 0.9M of 1M)",
+            "maml": "MAML-TRPO, defaults v1 (74M steps)",
+            "pearl": "PEARL, defaults v1 (1M steps)",
             "rl2": "RL2, defaults v1",
             "memoryless": "memoryless, defaults v3",
         },
