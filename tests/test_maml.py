@@ -4,6 +4,7 @@ interface contract is in test_agent_contract.py)."""
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -177,6 +178,26 @@ def test_a_trial_adapts_at_each_episode_start_and_reset_restores_theta():
     assert not torch.allclose(params[4][0][0], params[4][0][1])  # each row its own data
     again, params_again = run()  # reset: theta again, and the same (seeded) noise
     np.testing.assert_array_equal(actions, again)
+
+
+class WideActionToySuite(ToySuite):
+    """The toy task with an action box [0, 4] (centre 2, half-range 2)."""
+
+    def spaces(self):
+        observation_space, action_space = super().spaces()
+        return observation_space, gym.spaces.Box(0.0, 4.0, action_space.shape, np.float32)
+
+
+def test_action_scale_maps_the_policy_units_onto_the_action_box():
+    suite = WideActionToySuite()
+    plain, scaled = tiny_maml(suite), tiny_maml(suite, action_scale=10.0)
+    step = step_input(suite, 3, np.random.default_rng(0), episode_start=True)
+    plain.reset(3)
+    scaled.reset(3)
+    env_plain = plain.act(step, deterministic=True).action  # 2 + a * 2
+    env_scaled = scaled.act(step, deterministic=True).action  # 2 + a * 2 / 10, the same a
+    np.testing.assert_allclose((env_scaled - 2) * 10, env_plain - 2, rtol=1e-5)
+    np.testing.assert_allclose(scaled.policy_units(env_scaled), (env_plain - 2) / 2, rtol=1e-5)
 
 
 def test_inactive_rows_record_nothing():

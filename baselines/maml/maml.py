@@ -1,6 +1,9 @@
 """MAML-TRPO: a policy initialisation that one policy-gradient step adapts to a task (Finn et al. 2017).
 
 The policy is a Gaussian MLP (tanh hidden layers, a state-independent log std); no memory.
+It acts in its own units, [-action_scale, action_scale] mapped linearly onto the env's action
+box (garage's ``normalize(env, expected_action_scale=10)``): with the initial std 1.0 the
+exploration noise is a tenth of the box, not a Gaussian mostly clipped at its bounds.
 One meta-iteration, for a meta-batch of training tasks:
 
 1. *pre-update* episodes: ``episodes_per_task`` episodes per task with the meta-parameters
@@ -50,11 +53,14 @@ from trmrl.sampling import PolicyOutput, StepInput, TrialBatch, TrialSampler
 @dataclass
 class MAMLConfig(RunConfig):
     # `trmrl train` takes per-env defaults from trmrl/configs/maml.yaml; these are the
-    # values of a bare MAMLConfig() (garage's MuJoCo MAML-TRPO examples).
+    # values of a bare MAMLConfig() (garage's MuJoCo MAML-TRPO examples, but action_scale 1).
     trials_per_update: int = 20  # meta-batch: tasks per outer step
     episodes_per_task: int = 40  # episodes per task before the inner step, and as many after
     hidden: tuple[int, ...] = (64, 64)  # tanh MLP of the Gaussian policy's mean
-    init_std: float = 1.0  # initial action standard deviation
+    init_std: float = 1.0  # initial action standard deviation, in the policy's units
+    # the policy's [-s, s] maps linearly onto the env's action box; 1 = the box itself (the
+    # behaviour before this key existed), the YAML's 10 = garage's expected_action_scale
+    action_scale: float = 1.0
     inner_lr: float = 0.1  # step size of the inner policy-gradient step
     gamma: float = 0.99  # discount of the advantages
     gae_lambda: float = 1.0  # GAE lambda (1: discounted return minus baseline)
@@ -67,7 +73,8 @@ class MAMLConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("episodes_per_task", "inner_lr", "max_kl", "cg_iters", "max_backtracks"):
+        for name in ("episodes_per_task", "inner_lr", "max_kl", "cg_iters", "max_backtracks",
+                     "init_std", "action_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not self.hidden or min(self.hidden) <= 0:
@@ -184,6 +191,10 @@ class MAMLAgent(Agent):
         self.collect_calls = 0  # reset-seed index of the agent's own sampler
         self._sampler: TrialSampler | None = None
         self._collecting: Params | None = None  # params per task while collecting, else None
+        # env action = centre + policy action * half_range / action_scale
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in
+                     (suite.spaces()[1].low, suite.spaces()[1].high))
+        self._action_centre, self._action_unit = (high + low) / 2, (high - low) / 2 / config.action_scale
 
     # -- acting: a trial = theta, then one inner step per finished episode ------------------
     def reset(self, num_trials: int) -> None:
@@ -215,7 +226,11 @@ class MAMLAgent(Agent):
         action = mean + std * torch.randn(mean.shape, generator=generator)
         if self._history is not None:
             self._record(step, action.numpy())
-        return PolicyOutput(action.numpy())
+        return PolicyOutput((self._action_centre + action * self._action_unit).numpy())
+
+    def policy_units(self, env_action: np.ndarray) -> np.ndarray:
+        """The policy's actions behind env actions it returned (``act``'s inverse map)."""
+        return (env_action - self._action_centre.numpy()) / self._action_unit.numpy()
 
     def _record(self, step: StepInput, action: np.ndarray) -> None:
         history, rows = self._history, np.flatnonzero(step.active)
@@ -286,7 +301,7 @@ class MAMLAgent(Agent):
         with standardised advantages from each task's own baseline."""
         E = batch.num_trials // groups
         obs = batch.obs.reshape(groups, E, *batch.obs.shape[1:])
-        action = batch.action.reshape(groups, E, *batch.action.shape[1:])
+        action = self.policy_units(batch.action).reshape(groups, E, *batch.action.shape[1:])
         reward = batch.reward.reshape(groups, E, -1).astype(np.float64)
         mask = batch.valid.reshape(groups, E, -1)
         advantage = np.stack([episode_advantages(obs[g], reward[g], mask[g], self.config.gamma,
