@@ -23,7 +23,8 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
             "memoryless": "memoryless",
         },
         "MAML-TRPO and PEARL": {
-            "maml": "MAML-TRPO, defaults v1 (25M steps)",
+            "maml": "MAML-TRPO, defaults v2",
+            "maml--v1": "MAML-TRPO v1: no action scale",
             "pearl": "PEARL, defaults v1 (1M steps)",
             "oracle": "oracle",
             "memoryless": "memoryless",
@@ -51,7 +52,8 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
             "memoryless": "memoryless, defaults v3",
         },
         "MAML-TRPO and PEARL": {
-            "maml": "MAML-TRPO, defaults v1 (74M steps)",
+            "maml": "MAML-TRPO, defaults v2",
+            "maml--v1": "MAML-TRPO v1: no action scale",
             "pearl": "PEARL, defaults v1 (1M steps)",
             "rl2": "RL2, defaults v1",
             "memoryless": "memoryless, defaults v3",
