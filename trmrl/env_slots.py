@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from trmrl.envs.base import Task, TaskSuite
+from trmrl.envs.base import EnvStepError, Task, TaskSuite
 
 POLL_S = 1.0  # how often a blocked wait checks that the process on the other side still lives
 STARTUP_TIMEOUT_S = 600.0  # building envs can be slow (ML45 builds its benchmark), not endless
@@ -101,7 +101,7 @@ class EnvSlots:
     def __init__(self, suite: TaskSuite, arrays: SlotArrays, lo: int, hi: int, horizon: int,
                  episodes_per_trial: int, seed: int):
         self.lo, self.horizon, self.episodes_per_trial, self.seed = lo, horizon, episodes_per_trial, seed
-        self.has_success = suite.has_success
+        self.suite = suite
         self.envs = [suite.make_env() for _ in range(hi - lo)]
         rows = slice(lo, hi)
         for name in ("action", "obs", "next_obs", "reward", "terminated", "truncated", "success",
@@ -144,27 +144,20 @@ class EnvSlots:
         live = np.flatnonzero(self.active)
         if not live.size:
             return
-        # the TaskEnv API is one env at a time; everything around it is one numpy op per array
-        envs, actions, has_success = self.envs, self.action, self.has_success
-        obs, rewards, terminated, success = [], [], [], []
-        i = -1
+        all_live = live.size == len(self.envs)
+        rows = slice(None) if all_live else live  # a slice is the cheaper index
+        envs = self.envs if all_live else [self.envs[i] for i in live.tolist()]
         try:
-            for i in live.tolist():
-                o, r, term, _, info = envs[i].step(actions[i])
-                obs.append(o)
-                rewards.append(r)
-                terminated.append(term)
-                if has_success:
-                    success.append(float(info["success"]))
-        except Exception as error:
-            raise self._error(i, "step", error) from error
+            next_obs, reward, terminated, success = self.suite.step_batch(envs, self.action[rows])
+        except EnvStepError as error:
+            raise self._error(int(live[error.index]), "step", error.__cause__) from error.__cause__
+        except Exception as error:  # not one env's: the suite's batch code
+            raise self._error(None, "step", error) from error
 
-        rows = slice(None) if live.size == len(envs) else live  # a slice is the cheaper index
-        terminated = np.array(terminated, np.bool_)
-        self.next_obs[rows] = np.stack(obs)
-        self.reward[rows] = np.array(rewards, np.float64)
+        self.next_obs[rows] = next_obs
+        self.reward[rows] = reward
         self.terminated[rows] = terminated
-        self.success[rows] = success if has_success else np.nan
+        self.success[rows] = np.nan if success is None else success
         self.step_in_episode[rows] += 1
         truncated = ~terminated & (self.step_in_episode[rows] >= self.horizon)
         self.truncated[rows] = truncated
@@ -179,17 +172,24 @@ class EnvSlots:
             self.active[ended[finished]] = False
             again = ended[~finished]
             if again.size:
-                try:
-                    reset_obs = [self._reset(i, int(self.episode[i])) for i in again.tolist()]
-                except Exception as error:
-                    raise self._error(i, "reset", error) from error
+                reset_obs = []
+                for i in again.tolist():
+                    try:
+                        reset_obs.append(self._reset(i, int(self.episode[i])))
+                    except Exception as error:
+                        raise self._error(i, "reset", error) from error
                 self.obs[again] = np.stack(reset_obs)
                 self.episode_start[again] = True
 
-    def _error(self, i: int, method: str, error: Exception) -> SamplerError:
-        task = self.tasks[i] if 0 <= i < len(self.tasks) else None
-        where = f"env slot {self.lo + i}" + (f" (task {task.index} of {task.env!r} {task.split}, "
-                                             f"{task.label})" if task is not None else "")
+    def _error(self, i: int | None, method: str, error: Exception) -> SamplerError:
+        """``error`` of slot ``i`` (None: of the range of slots) as a SamplerError naming it."""
+        if i is None:
+            where = f"env slots {self.lo}-{self.lo + len(self.envs) - 1}"
+        elif (task := self.tasks[i]) is None:
+            where = f"env slot {self.lo + i}"
+        else:
+            where = (f"env slot {self.lo + i} (task {task.index} of {task.env!r} {task.split}, "
+                     f"{task.label})")
         return SamplerError(f"{where} failed in {method}: {type(error).__name__}: {error}")
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ declared here, so a new suite plugs in by subclassing :class:`TaskSuite`.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +23,14 @@ NUM_EVAL_TASKS = 20  # held-out tasks per evaluation split, as in the paper
 
 class SuiteError(UserError):
     """Bad user input about suites, splits or tasks (the CLI turns it into exit code 2)."""
+
+
+class EnvStepError(Exception):
+    """``envs[index]`` failed in :meth:`TaskSuite.step_batch`; its error is ``__cause__``."""
+
+    def __init__(self, index: int):
+        super().__init__(f"env {index} of the batch failed to step")
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -98,13 +107,38 @@ class TaskSuite(abc.ABC):
     def make_env(self, task: Task | None = None) -> TaskEnv:
         """A fresh env; with ``task`` it is already set to it."""
 
+    def step_batch(self, envs: list[TaskEnv], actions: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Step ``envs[i]`` with ``actions[i]`` (n >= 1): how the trial sampler steps its envs.
+
+        Returns ``(obs [n, obs_dim] float64, reward [n] float64, terminated [n] bool,
+        success [n] float64)``, success None without ``has_success``; truncation and the info
+        dicts are left out (the sampler enforces the horizon). The results must equal
+        ``envs[i].step(actions[i])`` one env at a time bit for bit, which is what this default
+        does; suites override it to cut the per-env Python around the physics. An error of one
+        env is raised as :class:`EnvStepError` naming its index, from the error.
+        """
+        n = len(envs)
+        if len(actions) != n:
+            raise ValueError(f"{self.name}: {len(actions)} actions for {n} envs")
+        obs, reward = np.empty((n, self.observation_dim)), np.empty(n)
+        terminated, success = np.empty(n, np.bool_), np.empty(n) if self.has_success else None
+        for i, (env, action) in enumerate(zip(envs, actions)):
+            try:
+                obs[i], reward[i], terminated[i], _, info = env.step(action)
+                if success is not None:
+                    success[i] = info["success"]
+            except Exception as error:
+                raise EnvStepError(i) from error
+        return obs, reward, terminated, success
+
     @property
     def observation_dim(self) -> int:
-        return int(np.prod(self.spaces()[0].shape))
+        return math.prod(self.spaces()[0].shape)  # math: step_batch reads it every step
 
     @property
     def action_dim(self) -> int:
-        return int(np.prod(self.spaces()[1].shape))
+        return math.prod(self.spaces()[1].shape)
 
     def spaces(self) -> tuple[gym.spaces.Box, gym.spaces.Box]:
         """(observation space, action space), computed once per suite instance."""

@@ -16,6 +16,9 @@ its suite (observation, reward and termination). Conventions shared by every sui
 * Velocities are displacements over one env step divided by ``dt = timestep * frame_skip``.
 * ``reset`` must follow ``set_task`` (``step`` raises otherwise): the *-params suites rebuild
   model constants with ``mj_setConst``, which overwrites the simulation state.
+* The trial sampler steps its envs through :meth:`LocomotionSuite.step_batch`: ``step``'s
+  operations in the same order, bit for bit, with clipping, velocities and rewards done once
+  per batch by numpy. ``step`` stays the reference (and the gymnasium API).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from trmrl.envs.base import (NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite, check_positive,
-                              split_rng)
+from trmrl.envs.base import (NUM_EVAL_TASKS, EnvStepError, SuiteError, Task, TaskEnv, TaskSuite,
+                              check_positive, split_rng)
 
 # gymnasium ships the XML files; locating them via the spec avoids importing its MujocoEnv
 _ASSETS = Path(importlib.util.find_spec("gymnasium.envs.mujoco").origin).parent / "assets"
@@ -143,12 +146,15 @@ class MujocoTaskEnv(TaskEnv):
         info = {} if self.task is None else {"task_value": self.task.value}
         return self.suite.observe(self), info
 
-    def step(self, action):
+    def _check_ready(self) -> None:
         if self.task is None:
             raise RuntimeError(f"{self.suite.name}: call set_task(task) before step()")
         if self._needs_reset:
             raise RuntimeError(f"{self.suite.name}: call reset() before step() "
                                "(needed first and after every set_task)")
+
+    def step(self, action):
+        self._check_ready()
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != self._ctrl_low.shape:
             raise ValueError(f"{self.suite.name}: action must have {self._ctrl_low.size} "
@@ -177,7 +183,8 @@ def _check_count(n) -> int:
 
 
 class LocomotionSuite(TaskSuite):
-    """A locomotion task distribution: subclasses define tasks, observation and reward."""
+    """A locomotion task distribution: subclasses define tasks, observation parts and reward
+    (per env, and vectorised over a batch for :meth:`step_batch`)."""
 
     body: ClassVar[Body]
     rescales_model: ClassVar[bool] = False  # set_task changes model arrays (needs own copy)
@@ -212,13 +219,65 @@ class LocomotionSuite(TaskSuite):
     def apply_task(self, env: MujocoTaskEnv, task: Task) -> None:
         """Change the simulation for ``task`` (only the *-params suites touch the model)."""
 
-    def observe(self, env: MujocoTaskEnv) -> np.ndarray:
+    def observation_parts(self, env: MujocoTaskEnv) -> tuple[np.ndarray, ...]:
+        """The pieces of the observation, in order (1-D arrays)."""
         raise NotImplementedError
+
+    def observe(self, env: MujocoTaskEnv) -> np.ndarray:
+        return np.concatenate(self.observation_parts(env))
 
     def reward(self, env: MujocoTaskEnv, action: np.ndarray, velocity: np.ndarray,
                position: np.ndarray) -> tuple[float, bool, dict[str, float]]:
         """(reward, terminated, reward components) after a step; ``action`` is clipped."""
         raise NotImplementedError
+
+    def reward_batch(self, envs: list[MujocoTaskEnv], actions: np.ndarray, velocity: np.ndarray,
+                     position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reward [n], terminated [n]) of :meth:`reward` for a batch, a row per env.
+
+        Suites override it with numpy over the batch, bit for bit equal to :meth:`reward`;
+        this default calls :meth:`reward` env by env.
+        """
+        reward, terminated = np.empty(len(envs)), np.empty(len(envs), np.bool_)
+        for i, env in enumerate(envs):
+            try:
+                reward[i], terminated[i], _ = self.reward(env, actions[i], velocity[i], position[i])
+            except Exception as error:
+                raise EnvStepError(i) from error
+        return reward, terminated
+
+    def step_batch(self, envs: list[MujocoTaskEnv], actions: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:
+        # MujocoTaskEnv.step's operations in its order: per env only what must touch its
+        # MuJoCo data, the rest once per batch
+        body, n = self.body, len(envs)
+        base = _base_model(body.xml_file)  # no suite randomises ctrlrange or timestep
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.shape != (n, base.nu):
+            raise ValueError(f"{self.name}: actions must have shape ({n}, {base.nu}), "
+                             f"{base.nu} elements per env, got {actions.shape}")
+        low, high = base.actuator_ctrlrange.T
+        actions = np.minimum(np.maximum(actions, low), high)
+
+        obs = np.empty((n, self.observation_dim))
+        position_before, position_after = [], []
+        for i, (env, action) in enumerate(zip(envs, actions)):
+            try:
+                env._check_ready()
+                model, data = env.model, env.data
+                position_before.append(body.position(model, data))
+                data.ctrl[:] = action
+                mujoco.mj_step(model, data, body.frame_skip)  # nstep=: +0.5 us to parse
+                if body.contact_forces:
+                    mujoco.mj_rnePostConstraint(model, data)
+                position_after.append(body.position(model, data))
+                np.concatenate(self.observation_parts(env), out=obs[i])
+            except Exception as error:
+                raise EnvStepError(i) from error
+        position = np.array(position_after)
+        velocity = (position - np.array(position_before)) / (base.opt.timestep * body.frame_skip)
+        reward, terminated = self.reward_batch(envs, actions, velocity, position)
+        return obs, reward, terminated, None
 
 
 def _alternating_directions(split: str, make: Callable[[str, int, float], Task]) -> list[Task]:
@@ -231,6 +290,22 @@ def _random_directions(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.where(rng.random(n) < 0.5, -1.0, 1.0)
 
 
+def _squared_norms(actions: np.ndarray) -> np.ndarray:
+    # `a @ a` of every row, bit for bit: matmul's row-times-column case calls the BLAS dot of
+    # a 1-D `a @ a`, where np.einsum and (a * a).sum(1) add in other orders
+    return (actions[:, None, :] @ actions[:, :, None])[:, 0, 0]
+
+
+def _task_params(envs: list[MujocoTaskEnv], key: str) -> np.ndarray:
+    return np.array([env.task.params[key] for env in envs], dtype=np.float64)
+
+
+def _direction_vectors(envs: list[MujocoTaskEnv]) -> np.ndarray:
+    # (cos, sin) of each task's angle through math, as the per-env rewards: np.cos may round
+    # differently
+    return np.array([(math.cos(angle), math.sin(angle)) for angle in _task_params(envs, "angle")])
+
+
 def _ant_contact_cost(data: mujoco.MjData) -> float:
     return 0.5e-3 * float(np.sum(np.square(np.clip(data.cfrc_ext, -1.0, 1.0))))
 
@@ -240,6 +315,10 @@ def _ant_unhealthy(data: mujoco.MjData) -> bool:
     return not (state_finite and 0.2 <= data.qpos[2] <= 1.0)
 
 
+def _humanoid_contact_cost(data: mujoco.MjData) -> float:
+    return min(0.5e-6 * float(np.sum(np.square(data.cfrc_ext))), 10.0)
+
+
 # ---------------------------------------------------------------------------------------
 # HalfCheetah
 # ---------------------------------------------------------------------------------------
@@ -247,11 +326,11 @@ class _CheetahSuite(LocomotionSuite):
     body = HALF_CHEETAH
     base = "HalfCheetah (gymnasium half_cheetah.xml, MuJoCo 3)"
 
-    def observe(self, env: MujocoTaskEnv) -> np.ndarray:
+    def observation_parts(self, env):
         # the meta-RL literature's 20-dim observation: positions without x, velocities, and
         # the torso's Cartesian position (data.xpos, as mujoco-py's get_body_com returned)
         data = env.data
-        return np.concatenate((data.qpos[1:], data.qvel, data.xpos[env.torso_id]))
+        return data.qpos[1:], data.qvel, data.xpos[env.torso_id]
 
 
 class CheetahVel(_CheetahSuite):
@@ -281,6 +360,10 @@ class CheetahVel(_CheetahSuite):
         return (-velocity_cost - ctrl_cost, False,
                 {"forward_velocity": forward_velocity, "velocity_cost": velocity_cost,
                  "ctrl_cost": ctrl_cost})
+
+    def reward_batch(self, envs, actions, velocity, position):
+        velocity_cost = np.abs(velocity[:, 0] - _task_params(envs, "velocity"))
+        return -velocity_cost - 0.05 * _squared_norms(actions), np.zeros(len(envs), np.bool_)
 
 
 class CheetahDir(_CheetahSuite):
@@ -313,6 +396,10 @@ class CheetahDir(_CheetahSuite):
         return (forward_reward - ctrl_cost, False,
                 {"forward_velocity": forward_velocity, "forward_reward": forward_reward,
                  "ctrl_cost": ctrl_cost})
+
+    def reward_batch(self, envs, actions, velocity, position):
+        forward_reward = _task_params(envs, "direction") * velocity[:, 0]
+        return forward_reward - 0.05 * _squared_norms(actions), np.zeros(len(envs), np.bool_)
 
 
 # ---------------------------------------------------------------------------------------
@@ -357,8 +444,8 @@ class AntDir(LocomotionSuite):
         angle = task.params["angle"]
         return np.array([np.cos(angle), np.sin(angle)], np.float32)
 
-    def observe(self, env):
-        return np.concatenate((env.data.qpos[2:], env.data.qvel))
+    def observation_parts(self, env):
+        return env.data.qpos[2:], env.data.qvel
 
     def reward(self, env, action, velocity, position):
         angle = env.task.params["angle"]
@@ -370,6 +457,13 @@ class AntDir(LocomotionSuite):
                 _ant_unhealthy(env.data),
                 {"forward_velocity": forward_velocity, "ctrl_cost": ctrl_cost,
                  "contact_cost": contact_cost, "survive_reward": survive_reward})
+
+    def reward_batch(self, envs, actions, velocity, position):
+        direction = _direction_vectors(envs)
+        forward_velocity = velocity[:, 0] * direction[:, 0] + velocity[:, 1] * direction[:, 1]
+        contact_cost = np.array([_ant_contact_cost(env.data) for env in envs])
+        reward = forward_velocity - 0.5 * _squared_norms(actions) - contact_cost + 1.0
+        return reward, np.array([_ant_unhealthy(env.data) for env in envs], np.bool_)
 
 
 class AntGoal(LocomotionSuite):
@@ -410,8 +504,8 @@ class AntGoal(LocomotionSuite):
     def task_features(self, task: Task) -> np.ndarray:
         return np.asarray(task.params["goal"], np.float32)
 
-    def observe(self, env):
-        return np.concatenate((env.data.qpos, env.data.qvel))
+    def observation_parts(self, env):
+        return env.data.qpos, env.data.qvel
 
     def reward(self, env, action, velocity, position):
         goal_x, goal_y = env.task.params["goal"]
@@ -421,6 +515,13 @@ class AntGoal(LocomotionSuite):
         return (-goal_distance - ctrl_cost - contact_cost, False,
                 {"goal_distance": goal_distance, "ctrl_cost": ctrl_cost,
                  "contact_cost": contact_cost})
+
+    def reward_batch(self, envs, actions, velocity, position):
+        goal = _task_params(envs, "goal")
+        goal_distance = np.abs(position[:, 0] - goal[:, 0]) + np.abs(position[:, 1] - goal[:, 1])
+        contact_cost = np.array([_ant_contact_cost(env.data) for env in envs])
+        reward = -goal_distance - 0.1 * _squared_norms(actions) - contact_cost
+        return reward, np.zeros(len(envs), np.bool_)
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,12 +556,11 @@ class HumanoidDir(LocomotionSuite):
         angle = task.params["angle"]
         return np.array([np.cos(angle), np.sin(angle)], np.float32)
 
-    def observe(self, env):
+    def observation_parts(self, env):
         # gymnasium Humanoid-v5's default observation (the world body's rows are all zero)
         data = env.data
-        return np.concatenate((data.qpos[2:], data.qvel, data.cinert[1:].ravel(),
-                               data.cvel[1:].ravel(), data.qfrc_actuator[6:],
-                               data.cfrc_ext[1:].ravel()))
+        return (data.qpos[2:], data.qvel, data.cinert[1:].ravel(), data.cvel[1:].ravel(),
+                data.qfrc_actuator[6:], data.cfrc_ext[1:].ravel())
 
     def reward(self, env, action, velocity, position):
         angle = env.task.params["angle"]
@@ -468,13 +568,21 @@ class HumanoidDir(LocomotionSuite):
         forward_reward = 1.25 * forward_velocity
         alive_bonus = 5.0
         ctrl_cost = 0.1 * float(action @ action)
-        contact_cost = min(0.5e-6 * float(np.sum(np.square(env.data.cfrc_ext))), 10.0)
+        contact_cost = _humanoid_contact_cost(env.data)
         height = env.data.qpos[2]
         return (forward_reward + alive_bonus - ctrl_cost - contact_cost,
                 not (1.0 < height < 2.0),
                 {"forward_velocity": forward_velocity, "forward_reward": forward_reward,
                  "alive_bonus": alive_bonus, "ctrl_cost": ctrl_cost,
                  "contact_cost": contact_cost})
+
+    def reward_batch(self, envs, actions, velocity, position):
+        direction = _direction_vectors(envs)
+        forward_velocity = velocity[:, 0] * direction[:, 0] + velocity[:, 1] * direction[:, 1]
+        contact_cost = np.array([_humanoid_contact_cost(env.data) for env in envs])
+        reward = 1.25 * forward_velocity + 5.0 - 0.1 * _squared_norms(actions) - contact_cost
+        height = np.array([env.data.qpos[2] for env in envs])
+        return reward, ~((1.0 < height) & (height < 2.0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -550,8 +658,8 @@ class _RandomParamsSuite(LocomotionSuite):
         # derived constants (subtree masses, inverse weights) must follow the new masses
         mujoco.mj_setConst(env.model, env.data)
 
-    def observe(self, env):
-        return np.concatenate((env.data.qpos[1:], np.clip(env.data.qvel, -10.0, 10.0)))
+    def observation_parts(self, env):
+        return env.data.qpos[1:], np.clip(env.data.qvel, -10.0, 10.0)
 
     def reward(self, env, action, velocity, position):
         forward_velocity = float(velocity[0])
@@ -560,6 +668,10 @@ class _RandomParamsSuite(LocomotionSuite):
         return (forward_velocity + alive_bonus - ctrl_cost, self._unhealthy(env.data),
                 {"forward_velocity": forward_velocity, "alive_bonus": alive_bonus,
                  "ctrl_cost": ctrl_cost})
+
+    def reward_batch(self, envs, actions, velocity, position):
+        reward = velocity[:, 0] + 1.0 - 1e-3 * _squared_norms(actions)
+        return reward, np.array([self._unhealthy(env.data) for env in envs], np.bool_)
 
     def _unhealthy(self, data: mujoco.MjData) -> bool:
         raise NotImplementedError

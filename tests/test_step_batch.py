@@ -1,0 +1,105 @@
+"""TaskSuite.step_batch, the sampler's step: bit for bit the per-env step, errors named by env."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from toy_suite import ToySuite
+from trmrl.env_slots import EnvSlots, SlotArrays
+from trmrl.envs import Task, TaskSuite, make_suite
+from trmrl.envs.base import EnvStepError
+from trmrl.envs.locomotion import LocomotionSuite
+from trmrl.sampling import RandomPolicy, SamplerError, TrialSampler
+
+LOCOMOTION = ("cheetah-vel", "cheetah-dir", "ant-dir", "ant-goal", "humanoid-dir",
+              "walker-params", "hopper-params")
+TERMINATING = ("ant-dir", "humanoid-dir", "walker-params", "hopper-params")
+NUM_ENVS, NUM_STEPS = 6, 60
+
+
+def ready_envs(suite, tasks):
+    envs = [suite.make_env(task) for task in tasks]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    return envs
+
+
+def step_one_by_one(envs, actions):
+    obs, reward, terminated, _, _ = zip(*(env.step(a) for env, a in zip(envs, actions)))
+    return np.stack(obs), np.array(reward), np.array(terminated)
+
+
+@pytest.mark.parametrize("how", ["vectorised", "per-env reward", "TaskSuite default"])
+@pytest.mark.parametrize("name", LOCOMOTION)
+def test_step_batch_equals_per_env_steps_exactly(name, how):
+    suite = make_suite(name)
+    step_batch = suite.step_batch
+    if how == "per-env reward":  # LocomotionSuite's fallback for suites without reward_batch
+        suite.reward_batch = functools.partial(LocomotionSuite.reward_batch, suite)
+    elif how == "TaskSuite default":
+        step_batch = functools.partial(TaskSuite.step_batch, suite)
+    tasks = suite.tasks("test", 0, NUM_ENVS // 2) + suite.tasks("train", 0, NUM_ENVS // 2)
+    reference, batched = ready_envs(suite, tasks), ready_envs(suite, tasks)
+    high = reference[0].model.actuator_ctrlrange[:, 1]
+    rng = np.random.default_rng(0)
+    resets = 0
+    for _ in range(NUM_STEPS):
+        # float32 as the sampler's actions, half again the control range so that clipping acts
+        actions = rng.uniform(-1.5 * high, 1.5 * high, (NUM_ENVS, high.size)).astype(np.float32)
+        expected = step_one_by_one(reference, actions)
+        obs, reward, terminated, success = step_batch(batched, actions)
+        assert obs.dtype == np.float64 and reward.dtype == np.float64
+        assert terminated.dtype == np.bool_ and success is None
+        for want, got in zip(expected, (obs, reward, terminated)):
+            np.testing.assert_array_equal(got, want)
+        for i in np.flatnonzero(terminated):
+            np.testing.assert_array_equal(batched[i].reset(seed=100 + resets)[0],
+                                          reference[i].reset(seed=100 + resets)[0])
+            resets += 1
+    assert resets > 0 or name not in TERMINATING
+
+
+def test_step_batch_names_the_env_that_cannot_step():
+    suite = make_suite("cheetah-vel")
+    envs = ready_envs(suite, suite.tasks("test", 0, 3))
+    envs[1].set_task(suite.tasks("test", 0)[5])  # needs a reset now
+    envs[2] = suite.make_env()  # no task
+    actions = np.zeros((3, suite.action_dim))
+    with pytest.raises(EnvStepError) as caught:
+        suite.step_batch(envs, actions)
+    assert caught.value.index == 1
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert "call reset() before step()" in str(caught.value.__cause__)
+    with pytest.raises(EnvStepError) as caught:
+        suite.step_batch(envs[2:], actions[2:])
+    assert caught.value.index == 0 and "call set_task(task)" in str(caught.value.__cause__)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 6), (3, 6, 1)])
+def test_step_batch_rejects_actions_of_the_wrong_shape(shape):
+    suite = make_suite("cheetah-vel")
+    envs = ready_envs(suite, suite.tasks("test", 0, 3))
+    with pytest.raises(ValueError, match=rf"actions must have shape \(3, 6\).*got \({shape[0]}, "):
+        suite.step_batch(envs, np.zeros(shape))
+
+
+def test_sampler_names_the_slots_when_the_batch_code_fails():
+    # a task without its parameter fails in the vectorised reward, which has no env index
+    suite = make_suite("cheetah-vel")
+    _, action_space = suite.spaces()
+    broken = Task("cheetah-vel", "test", 7, {}, "no velocity")
+    with TrialSampler(suite, num_envs=2) as sampler, \
+            pytest.raises(SamplerError, match=r"env slots 0-1 failed in step: KeyError: 'velocity'"):
+        sampler.run(RandomPolicy(action_space.low, action_space.high),
+                    suite.tasks("test", 0, 1) + [broken])
+
+
+def test_sampler_names_the_slot_of_a_failing_env_among_idle_slots():
+    suite = ToySuite()
+    slots = EnvSlots(suite, SlotArrays(3, 2, 1), 0, 3, horizon=5, episodes_per_trial=1, seed=0)
+    broken = Task("toy", "test", 9, {}, "no target")  # ToyEnv.step raises KeyError('target')
+    slots.start_round(suite.tasks("test", 0, 2) + [broken], call=0, first_trial=0)
+    slots.active[0] = False  # slot 0's trial is over: slot 2 is env 1 of the batch
+    with pytest.raises(SamplerError, match=r"env slot 2 \(task 9 .*failed in step: KeyError"):
+        slots.step()
