@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.agents.reference import MemorylessAgent, OracleAgent, ReferenceConfig
-from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig, WorkingMemoryEncoder
+from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig, WorkingMemoryEncoder, window_attention
 from trmrl.ppo import PPOConfig, gae, gaussian_log_prob, ppo_update
 from trmrl.sampling import TrialSampler
 
@@ -36,6 +37,29 @@ def test_encoder_is_causal_and_shaped():
     out2 = encoder.encode_all(changed, filled)
     torch.testing.assert_close(out[:, :3], out2[:, :3])
     assert not torch.allclose(out[:, 3:], out2[:, 3:])
+
+
+def test_window_attention_equals_torch_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 5, 4, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(5, 5).tril().bool() & (torch.rand(6, 1, 5) > 0.4) | torch.eye(5, dtype=torch.bool)
+    ours = window_attention(q, k, v, mask)
+    heads_first = [x.transpose(1, 2) for x in (q, k, v)]
+    reference = F.scaled_dot_product_attention(*heads_first, attn_mask=mask[:, None]).transpose(1, 2)
+    torch.testing.assert_close(ours, reference)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    torch.testing.assert_close(grads, torch.autograd.grad(reference.square().sum(), (q, k, v)))
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_last_slot_only_equals_the_full_encoding(layernorm):
+    torch.manual_seed(0)
+    encoder = WorkingMemoryEncoder(7, TrMRLConfig(layers=3, heads=4, d_model=32, d_ff=64,
+                                                  wm_size=5, layernorm=layernorm)).double()
+    windows = torch.randn(9, 5, 7, dtype=torch.float64)
+    filled = torch.rand(9, 5) > 0.3
+    filled[:, -1] = True
+    torch.testing.assert_close(encoder(windows, filled), encoder.encode_all(windows, filled)[:, -1])
 
 
 def test_empty_slots_are_ignored_and_never_nan():
