@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from baselines.rl2 import RL2Agent, RL2Config
+from baselines.rl2.rl2 import make_gru, unroll_side_by_side
 from test_agent_contract import step_input
 from test_train import sigkill_after_progress, train_args
 from toy_suite import ToySuite
@@ -37,6 +38,22 @@ def random_steps(suite, n, length, seed=0, episode_length=4):
 
 
 # -- the GRU state ------------------------------------------------------------------------------
+def test_side_by_side_unroll_equals_two_gru_calls():
+    torch.manual_seed(0)
+    first, second = make_gru(7, 5).double(), make_gru(7, 5).double()
+    for param in [*first.parameters(), *second.parameters()]:  # make_gru zeroes the biases
+        torch.nn.init.normal_(param)
+    x = torch.randn(3, 11, 7, dtype=torch.float64)
+    ours = unroll_side_by_side(first, second, x)
+    reference = (first(x)[0], second(x)[0])
+    torch.testing.assert_close(ours, reference)
+    params = [*first.parameters(), *second.parameters()]
+    grads = torch.autograd.grad(ours[0].sin().sum() + ours[1].square().sum(), params)
+    reference_grads = torch.autograd.grad(reference[0].sin().sum() + reference[1].square().sum(), params)
+    torch.testing.assert_close(grads, reference_grads)
+
+
+
 @pytest.mark.parametrize("shared_gru, hidden", [(False, ()), (True, (8,))])
 def test_acting_step_by_step_equals_the_batch_unroll(shared_gru, hidden):
     agent = tiny_rl2(shared_gru=shared_gru, hidden=hidden)
@@ -147,8 +164,9 @@ def test_separate_value_gru_gets_no_policy_gradient():
     mean, value = agent.model({"x": x})
     gaussian_log_prob(mean, agent.model.log_std.expand_as(mean),
                       torch.from_numpy(batch.action)).sum().backward()
-    assert all(p.grad is None for p in agent.model.value_gru.parameters())
-    assert all(p.grad is not None for p in agent.model.policy_gru.parameters())
+    # the two GRUs unroll side by side as one: the value GRU's share is exactly zero
+    assert all(p.grad is None or not p.grad.any() for p in agent.model.value_gru.parameters())
+    assert all(p.grad is not None and p.grad.any() for p in agent.model.policy_gru.parameters())
 
 
 def test_normalized_observations_keep_acting_and_learning_in_step():

@@ -84,6 +84,30 @@ def gru_step(gru: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return torch.gru_cell(x, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
 
 
+def unroll_side_by_side(first: nn.GRU, second: nn.GRU, x: torch.Tensor):
+    """Both GRUs over x [B, T, in] as one GRU of twice the width, whose recurrent weights are
+    block-diagonal: the same function (each unit reads only its own GRU's state), but one
+    sequential unroll instead of two: forward and backward ~1.7x faster on a CPU (on a GPU,
+    slower than cuDNN's two calls, which keep their weights in one block each).
+    Returns (first's outputs, second's outputs), each [B, T, size]."""
+    size = first.hidden_size
+
+    def by_gate(name):  # [3 * size, ...] -> [3, size, ...]: PyTorch stacks gates r, z, n
+        a, b = getattr(first, name), getattr(second, name)
+        return a.view(3, size, *a.shape[1:]), b.view(3, size, *b.shape[1:])
+
+    def interleave(name):  # [3, 2 * size, ...] flattened: gate r of both, then z, then n
+        a, b = by_gate(name)
+        return torch.cat([a, b], 1).flatten(0, 1)
+
+    hh_first, hh_second = by_gate("weight_hh_l0")
+    weight_hh = torch.cat([torch.block_diag(hh_first[g], hh_second[g]) for g in range(3)])
+    weights = [interleave("weight_ih_l0"), weight_hh, interleave("bias_ih_l0"), interleave("bias_hh_l0")]
+    h0 = x.new_zeros(1, x.shape[0], 2 * size)
+    out, _ = torch.gru(x, h0, weights, True, 1, 0.0, first.training, False, True)
+    return out[..., :size], out[..., size:]
+
+
 @contextlib.contextmanager
 def float32_cudnn(device: torch.device):
     """cuDNN runs float32 RNNs in TF32 by default on Ampere and later GPUs, while the acting
@@ -134,8 +158,12 @@ class RL2Model(nn.Module):
             self.last_state = h_policy if self.value_gru is None else torch.cat([h_policy, h_value], 1)
         else:  # learning: whole trials, [B, T, in]
             with float32_cudnn(x.device):
-                h_policy, _ = self.policy_gru(x)
-                h_value = h_policy if self.value_gru is None else self.value_gru(x)[0]
+                if self.value_gru is None:
+                    h_policy = h_value = self.policy_gru(x)[0]
+                elif x.device.type == "cpu":
+                    h_policy, h_value = unroll_side_by_side(self.policy_gru, self.value_gru, x)
+                else:  # cuDNN runs each GRU fast; the combined weights would cost a copy per call
+                    h_policy, h_value = self.policy_gru(x)[0], self.value_gru(x)[0]
         return self.policy(h_policy), self.value(h_value).squeeze(-1)
 
     def policy_parameters(self):
