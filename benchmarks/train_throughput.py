@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="then profile one more iteration and print its top ROWS ops by device time")
     args = parser.parse_args()
 
     torch.set_num_threads(available_cpus())
@@ -37,27 +39,48 @@ def main() -> None:
     sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
                            episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers)
     rng = np.random.default_rng(0)
-    sample_s = update_s = steps = 0.0
+    sample_s = update_s = steps = lockstep_steps = minibatch_steps = 0.0
     for iteration in range(args.iterations + 1):
         tasks = agent.suite.sample_tasks(rng, hp.trials_per_update)
+        if iteration == 1:  # the first iteration pays for warm-up and graph capture
+            sampler.timings = dict.fromkeys(sampler.timings, 0.0)
         t0 = time.perf_counter()
         batch = sampler.run(agent, tasks)
         t1 = time.perf_counter()
-        agent.update(batch)
+        metrics = agent.update(batch)
         if spec.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        if iteration > 0:  # the first iteration pays for warm-up and graph capture
+        if iteration > 0:
             sample_s, update_s, steps = sample_s + t1 - t0, update_s + t2 - t1, steps + batch.env_steps
+            lockstep_steps += batch.valid.shape[1] * -(-batch.num_trials // hp.trials_per_update)
+            minibatch_steps += metrics.get("minibatch_steps", 0)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec.device.startswith("cuda") else [])
+        with profile(activities=activities) as profiler:
+            agent.update(sampler.run(agent, agent.suite.sample_tasks(rng, hp.trials_per_update)))
+            if spec.device.startswith("cuda"):
+                torch.cuda.synchronize()
+        sort = "cuda_time_total" if spec.device.startswith("cuda") else "cpu_time_total"
+        print(profiler.key_averages().table(sort_by=sort, row_limit=args.profile))
     sampler.close()
     total = sample_s + update_s
     rate = steps / total
+    timings = sampler.timings
     device = torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"{available_cpus()} CPU threads"
     print(f"{args.agent} on {args.env}, {device}, graphs={getattr(hp, 'cuda_graphs', None)}, "
           f"workers={hp.num_workers}, {hp.trials_per_update} trials/update")
     print(f"  {rate:,.0f} env steps/s end to end ({steps:,.0f} steps in {total:.2f} s)")
     print(f"  sampling {steps / sample_s:,.0f} steps/s ({100 * sample_s / total:.0f}% of the time), "
           f"update {100 * update_s / total:.0f}%")
+    per_step = 1e3 / lockstep_steps
+    print(f"  per lockstep step ({hp.trials_per_update} envs): policy {timings['policy'] * per_step:.3f} ms, "
+          f"envs {timings['envs'] * per_step:.3f} ms, sampler bookkeeping "
+          f"{(timings['total'] - timings['policy'] - timings['envs']) * per_step:.3f} ms")
+    if minibatch_steps:
+        print(f"  update: {minibatch_steps / args.iterations:.0f} minibatch steps per iteration, "
+              f"{1e3 * update_s / minibatch_steps:.2f} ms each (GAE and input building included)")
     print(f"  paper budget {hp.steps:,} steps -> {format_duration(hp.steps / rate)}")
 
 
