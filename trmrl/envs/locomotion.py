@@ -69,6 +69,18 @@ def _mass_centre_xy(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
     return (model.body_mass @ data.xipos / model.body_mass.sum())[:2]
 
 
+# bodies whose position is the root joint's first qpos entries: step_batch reads them off a
+# cached view of qpos instead of calling the function
+_ROOT_POSITION_DIMS = {_root_x: 1, _root_xy: 2}
+
+
+def _is_live_view(array: np.ndarray) -> bool:
+    """Whether ``array`` views memory that MuJoCo owns (not a numpy temporary, e.g. a clip)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return not array.flags.owndata
+
+
 @dataclass(frozen=True)
 class Body:
     """One MuJoCo body model and how it is simulated (gymnasium v5 settings)."""
@@ -114,6 +126,11 @@ class MujocoTaskEnv(TaskEnv):
                                            self._ctrl_high.astype(np.float32), dtype=np.float32)
         mujoco.mj_forward(self.model, self.data)  # so that the observation size can be read off
         obs_dim = suite.observe(self).shape[0]
+        # for step_batch: views into this env's MuJoCo arrays stay valid for its lifetime, so
+        # they are made once (each `data.qpos` access builds a new view, ~0.5 us)
+        self.ctrl_view, self.qpos_view = self.data.ctrl, self.data.qpos
+        parts = suite.observation_parts(self)
+        self.observation_views = parts if all(_is_live_view(part) for part in parts) else None
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float64)
 
         self.task = None
@@ -260,22 +277,32 @@ class LocomotionSuite(TaskSuite):
         actions = np.minimum(np.maximum(actions, low), high)
 
         obs = np.empty((n, self.observation_dim))
-        position_before, position_after = [], []
+        # where velocity is measured: the root joint's first qpos entries, read off a cached
+        # view, or the body's own function (the humanoid's mass centre)
+        root_dims = _ROOT_POSITION_DIMS.get(body.position)
+        dims = root_dims or len(body.position(envs[0].model, envs[0].data))
+        position_before, position = np.empty((n, dims)), np.empty((n, dims))
+        frame_skip, contact_forces, mj_step = body.frame_skip, body.contact_forces, mujoco.mj_step
         for i, (env, action) in enumerate(zip(envs, actions)):
             try:
                 env._check_ready()
-                model, data = env.model, env.data
-                position_before.append(body.position(model, data))
-                data.ctrl[:] = action
-                mujoco.mj_step(model, data, body.frame_skip)  # nstep=: +0.5 us to parse
-                if body.contact_forces:
+                model, data, views = env.model, env.data, env.observation_views
+                if root_dims:
+                    position_before[i] = env.qpos_view[:root_dims]
+                else:
+                    position_before[i] = body.position(model, data)
+                env.ctrl_view[:] = action
+                mj_step(model, data, frame_skip)  # nstep=: +0.5 us to parse
+                if contact_forces:
                     mujoco.mj_rnePostConstraint(model, data)
-                position_after.append(body.position(model, data))
-                np.concatenate(self.observation_parts(env), out=obs[i])
+                if root_dims:
+                    position[i] = env.qpos_view[:root_dims]
+                else:
+                    position[i] = body.position(model, data)
+                np.concatenate(views if views is not None else self.observation_parts(env), out=obs[i])
             except Exception as error:
                 raise EnvStepError(i) from error
-        position = np.array(position_after)
-        velocity = (position - np.array(position_before)) / (base.opt.timestep * body.frame_skip)
+        velocity = (position - position_before) / (base.opt.timestep * body.frame_skip)
         reward, terminated = self.reward_batch(envs, actions, velocity, position)
         return obs, reward, terminated, None
 
