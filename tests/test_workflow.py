@@ -559,8 +559,10 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     run = workdir / "results" / "resume" / "runs" / "cheetah-vel" / "trmrl" / "seed0"
     command = [sys.executable, "-m", "snakemake", "runs", "--cores", "1",
                "--configfile", "resume.yaml"]
-    process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    output = tmp_path / "snakemake.out"
+    with open(output, "wb") as sink:
+        process = subprocess.Popen(command, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # Ctrl-C once a few iterations are checkpointed
@@ -570,7 +572,17 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
                 break
             time.sleep(0.1)
         os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # say where it hung (a CI run once timed out at 60 s)
+            job_log = workdir / "results" / "resume" / "logs" / "train" / "cheetah-vel" / "trmrl" / "seed0.log"
+            tails = [path.read_text()[-2000:] if path.exists() else f"({path.name} missing)"
+                     for path in (output, job_log)]
+            processes = subprocess.run(  # -g: the session, which start_new_session made
+                ["ps", "-o", "pid,pgid,stat,etime,args", "-g", str(process.pid)],
+                capture_output=True, text=True).stdout if shutil.which("ps") else "(no ps)"
+            pytest.fail(f"snakemake did not exit within 120 s of Ctrl-C\n--- snakemake:\n{tails[0]}"
+                        f"\n--- job log:\n{tails[1]}\n--- its process group:\n{processes}")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
