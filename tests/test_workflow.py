@@ -561,8 +561,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
                "--configfile", "resume.yaml"]
     output = tmp_path / "snakemake.out"
     with open(output, "wb") as sink:
+        # Ctrl-C's default action: a shell's background job (`pytest &`, nohup) starts with
+        # SIGINT ignored, which Python and every child would inherit and never see the signal
         process = subprocess.Popen(command, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # Ctrl-C once a few iterations are checkpointed
@@ -574,7 +577,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
         os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=120)
-        except subprocess.TimeoutExpired:  # say where it hung (a CI run once timed out at 60 s)
+        except subprocess.TimeoutExpired:  # say where it hung
             job_log = workdir / "results" / "resume" / "logs" / "train" / "cheetah-vel" / "trmrl" / "seed0.log"
             tails = [path.read_text()[-2000:] if path.exists() else f"({path.name} missing)"
                      for path in (output, job_log)]
