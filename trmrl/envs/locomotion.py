@@ -125,11 +125,13 @@ class MujocoTaskEnv(TaskEnv):
         self.action_space = gym.spaces.Box(self._ctrl_low.astype(np.float32),
                                            self._ctrl_high.astype(np.float32), dtype=np.float32)
         mujoco.mj_forward(self.model, self.data)  # so that the observation size can be read off
-        obs_dim = suite.observe(self).shape[0]
+        parts = suite.observation_parts(self)
+        obs_dim = sum(part.size for part in parts)
         # for step_batch: views into this env's MuJoCo arrays stay valid for its lifetime, so
         # they are made once (each `data.qpos` access builds a new view, ~0.5 us)
-        self.ctrl_view, self.qpos_view = self.data.ctrl, self.data.qpos
-        parts = suite.observation_parts(self)
+        self.ctrl_view = self.data.ctrl
+        root_dims = _ROOT_POSITION_DIMS.get(body.position)  # None: body.position computes it
+        self.position_view = None if root_dims is None else self.data.qpos[:root_dims]
         self.observation_views = parts if all(_is_live_view(part) for part in parts) else None
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), dtype=np.float64)
 
@@ -277,28 +279,22 @@ class LocomotionSuite(TaskSuite):
         actions = np.minimum(np.maximum(actions, low), high)
 
         obs = np.empty((n, self.observation_dim))
-        # where velocity is measured: the root joint's first qpos entries, read off a cached
-        # view, or the body's own function (the humanoid's mass centre)
-        root_dims = _ROOT_POSITION_DIMS.get(body.position)
-        dims = root_dims or len(body.position(envs[0].model, envs[0].data))
+        # where velocity is measured: a cached view of the root joint's first qpos entries, or
+        # the body's own function (the humanoid's mass centre)
+        dims = len(body.position(envs[0].model, envs[0].data))
         position_before, position = np.empty((n, dims)), np.empty((n, dims))
         frame_skip, contact_forces, mj_step = body.frame_skip, body.contact_forces, mujoco.mj_step
         for i, (env, action) in enumerate(zip(envs, actions)):
             try:
                 env._check_ready()
-                model, data, views = env.model, env.data, env.observation_views
-                if root_dims:
-                    position_before[i] = env.qpos_view[:root_dims]
-                else:
-                    position_before[i] = body.position(model, data)
+                model, data, view = env.model, env.data, env.position_view
+                position_before[i] = body.position(model, data) if view is None else view
                 env.ctrl_view[:] = action
                 mj_step(model, data, frame_skip)  # nstep=: +0.5 us to parse
                 if contact_forces:
                     mujoco.mj_rnePostConstraint(model, data)
-                if root_dims:
-                    position[i] = env.qpos_view[:root_dims]
-                else:
-                    position[i] = body.position(model, data)
+                position[i] = body.position(model, data) if view is None else view
+                views = env.observation_views
                 np.concatenate(views if views is not None else self.observation_parts(env), out=obs[i])
             except Exception as error:
                 raise EnvStepError(i) from error
