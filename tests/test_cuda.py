@@ -63,6 +63,15 @@ def test_graphed_acting_matches_eager():
         np.testing.assert_allclose(batches[0].extras[key], batches[1].extras[key], rtol=1e-4, atol=1e-5)
 
 
+def test_compiling_keeps_the_model_and_its_checkpoint_keys():
+    from torch.utils._triton import has_triton
+    graphed, eager = agent_pair()
+    assert graphed.compiled == has_triton() and not eager.compiled
+    assert list(graphed.model.state_dict()) == list(eager.model.state_dict())
+    uncompiled, _ = agent_pair(torch_compile=False)
+    assert not uncompiled.compiled
+
+
 def test_checkpoints_move_between_cpu_and_gpu_paths():
     graphed, _ = agent_pair()
     suite = graphed.suite

@@ -235,6 +235,12 @@ def test_non_finite_loss_raises():
                    PPOConfig(epochs=1, minibatch_size=2), torch.Generator())
 
 
+def test_torch_compile_is_for_the_gpu_graphs_only():
+    agent = tiny_trmrl(ToySuite())
+    assert agent.config.torch_compile and not agent.compiled  # on a CPU: eager
+    assert agent.model._compiled_call_impl is None
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(cfg.ConfigError, match="divisible"):
         cfg.build(TrMRLConfig, {"d_model": 30, "heads": 4})

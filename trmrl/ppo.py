@@ -52,6 +52,9 @@ class PPOConfig(RunConfig):
     max_grad_norm: float = 0.0  # gradient-norm clip (0: off, as in the released code)
     target_kl: float = 0.0  # end the iteration's updates after a step whose KL > 1.5x this (0: off)
     cuda_graphs: bool = True  # on a GPU, replay the minibatch step from a CUDA graph
+    # on a GPU with cuda_graphs: torch.compile the model inside the graphs, so they replay
+    # fewer, fused kernels (costs ~10-30 s of compiling per batch shape at the start)
+    torch_compile: bool = False
 
     def validate(self) -> None:
         super().validate()

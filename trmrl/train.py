@@ -40,7 +40,7 @@ log = logging.getLogger("trmrl.train")
 
 PROGRESS_COLUMNS = ["env_steps", "wall_s", "split", "episode", "return", "success"]
 # settings that change how a run executes, not what it learns: a resume may change them
-OPERATIONAL_KEYS = ("steps", "num_workers", "checkpoint_every_s", "cuda_graphs")
+OPERATIONAL_KEYS = ("steps", "num_workers", "checkpoint_every_s", "cuda_graphs", "torch_compile")
 CHECKPOINT_FORMAT = 1
 
 

@@ -16,6 +16,7 @@ handed to ``carry_state`` after every step, to feed into the next one
 from __future__ import annotations
 
 import abc
+import logging
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from trmrl.agents.base import Agent, IterationResult
 from trmrl.ppo import (GraphedPPOUpdate, PPOConfig, gae, gaussian_entropy, gaussian_log_prob,
                        make_optimizer, ppo_update)
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
+
+log = logging.getLogger(__name__)
 
 
 def mlp(sizes: list[int], activation=nn.Tanh, out_gain: float = 1.0) -> nn.Sequential:
@@ -51,6 +54,7 @@ class PPOAgent(Agent):
         torch.manual_seed(seed)  # parameter initialisation
         self.model = self.build_model().to(device)
         self.graphed = device.type == "cuda" and config.cuda_graphs
+        self.compiled = self.graphed and config.torch_compile and compile_model(self.model)
         self.optimizer = make_optimizer(self.model.policy_parameters(),
                                         self.model.value_parameters(), config, self.graphed)
         self._graphed_update = None  # captured on the first update (after any resume)
@@ -216,6 +220,20 @@ class GraphedForward:
             self.inputs[key].copy_(value)
         self.graph.replay()
         return self.mean, self.value, self.memory, self.state
+
+
+def compile_model(model: nn.Module) -> bool:
+    """torch.compile ``model``'s forward in place (its state_dict keys stay the same);
+    False, with a warning, where torch cannot compile for the GPU (no Triton)."""
+    from torch.utils._triton import has_triton
+    if not has_triton():
+        log.warning("torch_compile: Triton is not installed, so the model runs uncompiled "
+                    "(install it, or pass --set torch_compile=false to silence this)")
+        return False
+    # one kernel set per batch shape (acting, minibatch): shape-specialised code is the
+    # fastest, and a run meets only a few shapes
+    model.compile(dynamic=False)
+    return True
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:

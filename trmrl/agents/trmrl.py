@@ -36,6 +36,9 @@ class TrMRLConfig(PPOConfig):
     shared_encoder: bool = True  # policy and value read one encoder (else one each)
     hidden: tuple[int, ...] = (64, 64)  # tanh MLP sizes of the policy and value heads
     init_std: float = 0.5  # initial action standard deviation
+    # PPOConfig's switch, on for TrMRL: a paper-config minibatch step on an H100 went
+    # 2.53 -> 1.88 ms, the acting forward 0.35 -> 0.23 ms
+    torch_compile: bool = True
 
     def validate(self) -> None:
         super().validate()
