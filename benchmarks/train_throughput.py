@@ -18,7 +18,7 @@ import torch
 from trmrl import config as cfg
 from trmrl.sampling import TrialSampler
 from trmrl.train import build_agent, resolve
-from trmrl.utils import available_cpus, format_duration
+from trmrl.utils import available_cpus, format_duration, trainer_threads
 
 
 def main() -> None:
@@ -38,6 +38,7 @@ def main() -> None:
     agent = build_agent(spec)
     sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
                            episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers)
+    torch.set_num_threads(trainer_threads(spec.device, hp.num_workers))  # as training does
     rng = np.random.default_rng(0)
     sample_s = update_s = steps = lockstep_steps = minibatch_steps = 0.0
     for iteration in range(args.iterations + 1):

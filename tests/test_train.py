@@ -355,3 +355,15 @@ def test_sigterm_to_the_process_group_spares_the_sampler_workers(tmp_path):
     table = rows(progress)
     assert table[:len(before)] == before and len(table) > len(before)
     assert max(int(r[0]) for r in table[1:]) == done_at
+
+
+@pytest.mark.parametrize("device, workers, threads", [
+    ("cuda", 6, 2),   # the sampler workers get the CPUs; the trainer keeps the rest
+    ("cuda", 10, 1),  # at least one
+    ("cuda", 0, 8),   # no workers: the trainer steps the envs itself
+    ("cpu", 6, 8),    # a CPU update needs every core (the workers wait meanwhile)
+])
+def test_trainer_threads_leave_the_workers_their_cpus(monkeypatch, device, workers, threads):
+    from trmrl.utils import trainer_threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert trainer_threads(device, workers) == threads

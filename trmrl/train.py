@@ -34,7 +34,8 @@ from trmrl.agents import Agent, agent_class, check_agent_name
 from trmrl.envs import SuiteError, check_env_name, make_suite
 from trmrl.errors import RunError, Terminated, TrainingDiverged, UserError
 from trmrl.sampling import TrialSampler
-from trmrl.utils import atomic_write_bytes, available_cpus, format_duration, git_commit
+from trmrl.utils import (atomic_write_bytes, available_cpus, format_duration, git_commit,
+                         trainer_threads)
 
 log = logging.getLogger("trmrl.train")
 
@@ -247,6 +248,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                            episodes_per_trial=hp.episodes_per_trial,
                            num_workers=hp.num_workers if agent.collects_trainer_trials else 0,
                            seed=spec.seed)
+    torch.set_num_threads(trainer_threads(spec.device, sampler.num_workers))
     eval_sampler = TrialSampler(suite, min(hp.eval_tasks, 64), horizon=hp.horizon,
                                 episodes_per_trial=hp.episodes_per_trial, seed=spec.seed + 10_000)
     task_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7]))

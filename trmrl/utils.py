@@ -22,6 +22,17 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def trainer_threads(device: str, num_workers: int) -> int:
+    """Torch CPU threads of a training process: every available CPU, except on a GPU with
+    sampler workers, where the workers get the CPUs. The trainer's CPU work is light there,
+    and its OpenMP threads, spinning between parallel regions, would take the workers'
+    cores (an oversubscribed 16-CPU box stepped 512 envs ~2.7x slower)."""
+    cpus = available_cpus()
+    if device.startswith("cuda") and num_workers > 0:
+        return max(1, cpus - num_workers)
+    return cpus
+
+
 def git_commit() -> str:
     """The commit of the package's checkout ('unknown' when not in a git checkout)."""
     here = Path(__file__).resolve().parent
