@@ -241,6 +241,19 @@ def test_torch_compile_is_for_the_gpu_graphs_only():
     assert agent.model._compiled_call_impl is None
 
 
+@pytest.mark.parametrize("triton, compiler, compiled", [
+    (True, "/usr/bin/cc", True), (False, "/usr/bin/cc", False), (True, None, False)])
+def test_compile_model_needs_triton_and_a_c_compiler(monkeypatch, caplog, triton, compiler, compiled):
+    import torch.utils._triton
+    from trmrl.agents.ppo_agent import compile_model
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: triton)
+    monkeypatch.setattr("shutil.which", lambda name: compiler)
+    model = torch.nn.Linear(2, 2)
+    assert compile_model(model) == compiled
+    assert (model._compiled_call_impl is not None) == compiled
+    assert ("runs uncompiled" in caplog.text) != compiled
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(cfg.ConfigError, match="divisible"):
         cfg.build(TrMRLConfig, {"d_model": 30, "heads": 4})

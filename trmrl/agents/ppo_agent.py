@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -224,16 +226,22 @@ class GraphedForward:
 
 def compile_model(model: nn.Module) -> bool:
     """torch.compile ``model``'s forward in place (its state_dict keys stay the same);
-    False, with a warning, where torch cannot compile for the GPU (no Triton)."""
+    False, with a warning, where torch cannot compile for the GPU: no Triton, or no C
+    compiler for Triton to build its launchers with (a bare GPU node)."""
     from torch.utils._triton import has_triton
+    compilers = [cc for cc in (os.environ.get("CC"), "cc", "gcc", "clang") if cc]
     if not has_triton():
-        log.warning("torch_compile: Triton is not installed, so the model runs uncompiled "
-                    "(install it, or pass --set torch_compile=false to silence this)")
-        return False
-    # one kernel set per batch shape (acting, minibatch): shape-specialised code is the
-    # fastest, and a run meets only a few shapes
-    model.compile(dynamic=False)
-    return True
+        missing = "Triton"
+    elif not any(shutil.which(cc) for cc in compilers):
+        missing = "a C compiler (CC, cc, gcc or clang)"
+    else:
+        # one kernel set per batch shape (acting, minibatch): shape-specialised code is the
+        # fastest, and a run meets only a few shapes
+        model.compile(dynamic=False)
+        return True
+    log.warning("torch_compile: %s not found, so the model runs uncompiled (slower GPU "
+                "steps, the same model; --set torch_compile=false silences this)", missing)
+    return False
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:
