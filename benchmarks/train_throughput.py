@@ -37,7 +37,8 @@ def main() -> None:
     hp = spec.hyperparameters
     agent = build_agent(spec)
     sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
-                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers)
+                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers,
+                           pipeline=hp.pipeline_sampling)
     torch.set_num_threads(trainer_threads(spec.device, hp.num_workers))  # as training does
     rng = np.random.default_rng(0)
     sample_s = update_s = steps = lockstep_steps = minibatch_steps = 0.0
@@ -72,7 +73,8 @@ def main() -> None:
     timings = sampler.timings
     device = torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"{available_cpus()} CPU threads"
     print(f"{args.agent} on {args.env}, {device}, graphs={getattr(hp, 'cuda_graphs', None)}, "
-          f"workers={hp.num_workers}, {hp.trials_per_update} trials/update")
+          f"compile={getattr(hp, 'torch_compile', None)}, workers={hp.num_workers}, "
+          f"pipeline={sampler.pipeline}, {hp.trials_per_update} trials/update")
     print(f"  {rate:,.0f} env steps/s end to end ({steps:,.0f} steps in {total:.2f} s)")
     print(f"  sampling {steps / sample_s:,.0f} steps/s ({100 * sample_s / total:.0f}% of the time), "
           f"update {100 * update_s / total:.0f}%")

@@ -160,3 +160,38 @@ def test_train_and_evaluate_from_the_command_line(name, tmp_path):
     assert lines[0] == "task,task_param,episode,return,success" and len(lines) == 1 + 3 * 2
     data = np.load(latents)
     assert data["memory"].ndim == 2 and len(data["task"]) == len(data["memory"])
+
+
+@agents
+def test_acting_views_keep_memories_apart(name):
+    """An agent with ``acting_view`` (a pipelined sampler acts through two) gives each view a
+    memory of its own: two views acting on two halves of the envs act as one agent on all."""
+    agent = make_agent(name)
+    if not hasattr(agent, "acting_view"):
+        pytest.skip(f"{name} acts for all envs at once")
+    suite, rng = agent.suite, np.random.default_rng(0)
+    steps = [step_input(suite, 4, rng, episode_start=t == 0) for t in range(3)]
+    agent.reset(4)
+    whole = [agent.act(step, deterministic=True).action for step in steps]
+    first, second = agent, agent.acting_view()
+    first.reset(2)
+    second.reset(2)
+    for step, expected in zip(steps, whole):
+        halves = [view.act(StepInput(*(getattr(step, f.name)[rows] for f in dataclasses.fields(step))),
+                           deterministic=True).action
+                  for view, rows in ((first, slice(0, 2)), (second, slice(2, 4)))]
+        np.testing.assert_allclose(np.concatenate(halves), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_training_on_a_pipelined_sampler_with_workers():
+    agent = make_agent("trmrl")
+    suite = agent.suite
+    with TrialSampler(suite, num_envs=4, num_workers=2, pipeline=True) as sampler:
+        assert sampler.pipeline
+        result = agent.train_iteration(sampler, suite.tasks("train", 0, 4))
+        batch = sampler.run(agent, suite.tasks("test", 0, 4), deterministic=True, call=5)
+    assert result.env_steps > 0 and all(np.isfinite(v) for v in result.metrics.values())
+    with TrialSampler(suite, num_envs=4) as local:
+        expected = local.run(agent, suite.tasks("test", 0, 4), deterministic=True, call=5)
+    np.testing.assert_allclose(batch.action, expected.action, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(batch.valid, expected.valid)

@@ -181,6 +181,76 @@ def test_worker_processes_give_identical_trials(make, kwargs):
         assert not local[0].valid.all()
 
 
+def _obs_trials(suite, workers, pipeline, num_tasks=7, num_envs=5, **kwargs):
+    """Like _trials with a policy that acts on the observation alone (no random draws)."""
+    _, act_space = suite.spaces()
+    rng = np.random.default_rng(0)
+
+    class Policy(ScriptedPolicy):
+        def acting_view(self):
+            return self
+
+    policy = Policy(lambda s: np.tanh(s.obs[:, :act_space.shape[0]]).astype(np.float32))
+    with TrialSampler(suite, num_envs=num_envs, num_workers=workers, seed=11,
+                      pipeline=pipeline, **kwargs) as sampler:
+        batches = [sampler.run(policy, suite.sample_tasks(rng, num_tasks)) for _ in range(2)]
+    return batches, policy
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (lambda: ToySuite(), {}),
+    (lambda: ToySuite(fall_at=3), {}),
+    (lambda: make_suite("cheetah-vel"), {"horizon": 30}),
+    (lambda: make_suite("hopper-params"), {"horizon": 60, "episodes_per_trial": 3}),
+], ids=["toy", "toy-terminating", "cheetah-vel", "hopper-params"])
+def test_a_pipelined_sampler_gives_identical_trials(make, kwargs):
+    # 7 tasks on 5 slots: halves of 3 and 2 slots, and in the second round 2 tasks, all in
+    # the first half; 2 workers hold 2 + 1 and 1 + 1 slots
+    suite = make()
+    (local, _), (piped, policy) = _obs_trials(suite, 0, False, **kwargs), _obs_trials(suite, 2, True, **kwargs)
+    for a, b in zip(local, piped):
+        _assert_same_batches(a, b)
+    # each round: one reset per half it uses; the first round acts 3 + 2 rows at a time
+    assert policy.resets == [3, 2, 2, 3, 2, 2]
+    assert {len(step.obs) for step in policy.inputs} == {3, 2}
+    if suite.name == "hopper-params":
+        assert not local[0].valid.all()  # falls: trials end at different steps
+
+
+@pytest.mark.parametrize("make", [lambda: ToySuite(), lambda: make_suite("cheetah-vel")], ids=["toy", "cheetah-vel"])
+def test_random_actions_are_drawn_row_after_row_when_pipelined(make):
+    # where every trial runs to the end, the halves draw what one call over all rows draws
+    suite = make()
+    local, piped = _trials(suite, 0, horizon=20), _trials(suite, 2, horizon=20, pipeline=True)
+    for a, b in zip(local, piped):
+        _assert_same_batches(a, b)
+
+
+def test_a_policy_without_acting_views_acts_for_every_slot_at_once():
+    suite = ToySuite(fall_at=3)
+    tasks = suite.tasks("test", 0, 4)
+    with TrialSampler(suite, num_envs=4, num_workers=2, pipeline=True) as piped, \
+            TrialSampler(suite, num_envs=4) as local:
+        assert piped.pipeline and not local.pipeline
+        policy = counting_policy()
+        a, b = piped.run(policy, tasks), local.run(counting_policy(), tasks)
+    _assert_same_batches(a, b)
+    assert policy.resets == [4] and {len(step.obs) for step in policy.inputs} == {4}
+
+
+def test_env_error_in_a_pipelined_worker_names_the_slot_and_the_workers_go_on():
+    suite = ToySuite()
+    tasks = suite.tasks("test", 0, 4)
+    policy = counting_policy()
+    policy.acting_view = lambda: policy
+    with TrialSampler(suite, num_envs=4, num_workers=2, pipeline=True) as sampler:
+        # slot 3 is in the second half, on worker 1
+        with pytest.raises(SamplerError, match=r"sampler worker 1 .*env slot 3 \(task 9 .*no target"):
+            sampler.run(policy, tasks[:3] + [_broken_task(9)])
+        batch = sampler.run(policy, tasks)
+    assert batch.valid.all()
+
+
 def _broken_task(index):
     return Task("toy", "test", index, {}, "no target")  # ToyEnv.step raises KeyError('target')
 
@@ -277,9 +347,9 @@ sys.path.insert(0, {tests!r})
 from toy_suite import ToySuite
 from trmrl.sampling import TrialSampler
 if __name__ == "__main__":
-    sampler = TrialSampler(ToySuite(), num_envs=2, num_workers=2)
+    sampler = TrialSampler(ToySuite(), num_envs=2, num_workers=2, pipeline=True)
     print(" ".join(str(p.pid) for p in sampler._slots.processes), flush=True)
-    semaphores = [*sampler._slots.go, sampler._slots.done]
+    semaphores = [*sampler._slots.go, *sampler._slots.done]
     print(" ".join(s._semlock.name.lstrip("/") for s in semaphores), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # no cleanup at all
 """

@@ -11,6 +11,9 @@ when one ends, so that one step is one round trip, resets included.
   file is unlinked as soon as it is mapped, so no segment can outlive the processes). A step
   costs one semaphore post and one semaphore wait per worker; nothing is pickled per step,
   only the tasks of a new round travel through a pipe.
+* With ``groups=2`` the slots form two halves, rows ``[0, h)`` and ``[h, n)``, and each
+  worker holds a range of each: the halves step separately, so that the sampler can act
+  for one half while the workers step the other (see ``TrialSampler(pipeline=True)``).
 
 Both run the same :class:`EnvSlots` code on their rows, which is why the results do not
 depend on the number of workers.
@@ -55,8 +58,10 @@ def _fields(n: int, obs_dim: int, act_dim: int, num_workers: int):
             ("terminated", (n,), np.bool_), ("truncated", (n,), np.bool_),
             ("success", (n,), np.float32), ("episode_start", (n,), np.bool_),
             ("active", (n,), np.bool_), ("episode", (n,), np.int64),
-            # per worker: the command it runs when woken, and whether it failed
-            ("command", (num_workers,), np.int32), ("failed", (num_workers,), np.int32)]
+            # per worker: a ring of the commands it runs when woken (two may be in flight, one
+            # per group of slots), the group each is for, and how many of its commands failed
+            ("command", (num_workers, 2), np.int32), ("group", (num_workers, 2), np.int32),
+            ("failed", (num_workers,), np.int32)]
 
 
 def _layout(*args) -> tuple[list, int]:
@@ -204,14 +209,15 @@ class LocalSlots:
                  seed: int):
         self.arrays = SlotArrays(num_slots, suite.observation_dim, suite.action_dim)
         self.slots = EnvSlots(suite, self.arrays, 0, num_slots, horizon, episodes_per_trial, seed)
+        self.groups = group_bounds(num_slots, 1)  # nothing to overlap with in one process
 
     def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
         self.slots.start_round(tasks, call, first_trial)
 
-    def begin_step(self) -> None:
+    def begin_step(self, group: int | None = None) -> None:
         self.slots.step()
 
-    def finish_step(self) -> None:
+    def finish_step(self, group: int | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -254,8 +260,9 @@ def _single_threaded_children():
                 os.environ[name] = value
 
 
-def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple, lo: int, hi: int,
-                 slot_args: tuple, go, done, pipe, cpu: int | None, parent_pid: int) -> None:
+def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple,
+                 ranges: list[tuple[int, int]], slot_args: tuple, go, done, pipe,
+                 cpu: int | None, parent_pid: int) -> None:
     # Ctrl-C, and SIGTERM sent to the whole process group (timeout, scancel), are the parent's
     # to handle: it finishes its step and closes us; if it dies instead, we see it and exit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -266,34 +273,39 @@ def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple, lo: in
         except OSError:  # not allowed here (some containers): run unpinned
             pass
     arrays = SlotArrays(*array_args, buffer=buffer)
-    try:
-        slots = EnvSlots(suite, arrays, lo, hi, *slot_args)
+    try:  # one EnvSlots per group of slots
+        slots = [EnvSlots(suite, arrays, lo, hi, *slot_args) for lo, hi in ranges]
     except BaseException as error:
         pipe.send(("error", _describe(index, error)))
         return
     pipe.send(("ready", None))
+    woken = 0
     while True:
         while not go.acquire(timeout=POLL_S):
             if os.getppid() != parent_pid:  # the sampler's process is gone: so are we
                 return
-        command = int(arrays.command[index])
+        entry = woken % 2  # commands come in order through a ring of two
+        command, group = int(arrays.command[index, entry]), int(arrays.group[index, entry])
+        woken += 1
         if command == CLOSE:
             break
         try:
             if command == STEP:
-                slots.step()
+                slots[group].step()
             elif command == ROUND:
-                slots.start_round(*pipe.recv())
+                for group_slots, (tasks, call, first_trial) in zip(slots, pipe.recv()):
+                    group_slots.start_round(tasks, call, first_trial)
         except (EOFError, BrokenPipeError):  # the parent closed its end: it is shutting down
             return
         except Exception as error:  # reported to the parent, which raises it
-            arrays.failed[index] = 1
+            arrays.failed[index] += 1  # one message per failure
             try:
                 pipe.send(_describe(index, error))
             except BrokenPipeError:
                 return
-        done.release()
-    slots.close()
+        done[group].release()
+    for group_slots in slots:
+        group_slots.close()
     pipe.close()
 
 
@@ -317,30 +329,43 @@ def _shutdown(processes, go, command, pipes) -> None:
         pipe.close()
 
 
+def group_bounds(num_slots: int, groups: int) -> list[tuple[int, int]]:
+    """The rows of each group of slots: all of them, or two halves (the first one larger)."""
+    if groups == 1 or num_slots < 2:
+        return [(0, num_slots)]
+    half = -(-num_slots // 2)
+    return [(0, half), (half, num_slots)]
+
+
 class WorkerSlots:
     """The slots spread over ``num_workers`` worker processes, ``num_slots // num_workers`` or
-    one more each, stepped in lockstep through shared memory."""
+    one more each (of each group), stepped in lockstep through shared memory."""
 
     def __init__(self, suite: TaskSuite, num_slots: int, num_workers: int, horizon: int,
-                 episodes_per_trial: int, seed: int, pin: bool | None = None):
+                 episodes_per_trial: int, seed: int, pin: bool | None = None, groups: int = 1):
         context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
         self.arrays = SlotArrays.shared(context, num_slots, suite.observation_dim,
                                         suite.action_dim, num_workers)
-        sizes = [len(c) for c in np.array_split(np.arange(num_slots), num_workers)]
-        edges = np.cumsum([0] + sizes)
-        self.ranges = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+        self.groups = group_bounds(num_slots, groups)
+        # ranges[w][g]: worker w's rows of group g, contiguous
+        self.ranges: list[list[tuple[int, int]]] = [[] for _ in range(num_workers)]
+        for lo, hi in self.groups:
+            sizes = [len(c) for c in np.array_split(np.arange(lo, hi), num_workers)]
+            edges = lo + np.cumsum([0] + sizes)
+            for w in range(num_workers):
+                self.ranges[w].append((int(edges[w]), int(edges[w + 1])))
         self.go = [context.Semaphore(0) for _ in range(num_workers)]
-        self.done = context.Semaphore(0)
-        self._pending = 0  # workers woken whose "done" was not collected yet
-        self._last_command = 0
+        self.done = [context.Semaphore(0) for _ in self.groups]
+        self._pending = [0] * len(self.groups)  # workers woken whose "done" is not collected
+        self._posted = [0] * num_workers  # commands posted to each worker: its ring position
         self.pipes, self.processes = [], []
         cpus = worker_cpus(num_workers, pin)
         with _single_threaded_children():
-            for w, (lo, hi) in enumerate(self.ranges):
+            for w, ranges in enumerate(self.ranges):
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
                     target=_worker_main, name=f"trmrl-sampler-{w}", daemon=True,
-                    args=(w, suite, self.arrays.buffer, self.arrays.args, lo, hi,
+                    args=(w, suite, self.arrays.buffer, self.arrays.args, ranges,
                           (horizon, episodes_per_trial, seed), self.go[w], self.done, child_end,
                           cpus[w], os.getpid()))
                 process.start()
@@ -377,63 +402,76 @@ class WorkerSlots:
     def _check_alive(self) -> None:
         for w, process in enumerate(self.processes):
             if process.exitcode is not None:
-                lo, hi = self.ranges[w]
+                rows = ", ".join(f"{lo}-{hi - 1}" for lo, hi in self.ranges[w] if hi > lo)
                 self._finalizer()  # the rest cannot go on without it
-                raise SamplerError(f"sampler worker {w} (pid {process.pid}, env slots {lo}-{hi - 1}) "
+                raise SamplerError(f"sampler worker {w} (pid {process.pid}, env slots {rows}) "
                                    f"died with exit code {process.exitcode}")
 
     def _settle(self) -> None:
-        """Let a step whose wait was interrupted (Ctrl-C, an error) finish before anything in
-        shared memory changes: its workers may not even have read their command yet."""
-        if self._pending:
-            try:
-                self._wait()
-            except SamplerError:
-                pass  # a failure in a step whose results nobody will read
+        """Let steps whose wait was interrupted (Ctrl-C, an error) finish before anything in
+        shared memory changes: their workers may not even have read their command yet."""
+        for group in range(len(self.groups)):
+            if self._pending[group]:
+                try:
+                    self._wait(group)
+                except SamplerError:
+                    pass  # a failure in a step whose results nobody will read
 
-    def _command(self, command: int) -> None:
-        self._settle()  # never change the command under a worker that has not read it
-        if command != self._last_command:
-            self.arrays.command[:] = command
-            self._last_command = command
-
-    def _wake(self) -> None:
-        for semaphore in self.go:
+    def _post(self, command: int, group: int) -> None:
+        """Wake every worker for ``command`` on its slots of ``group``. A worker reads its
+        commands in order from a ring of two, so at most two may be unread: the caller
+        collects a group's step before posting that group again."""
+        for w, semaphore in enumerate(self.go):
+            entry = self._posted[w] % 2
+            self.arrays.command[w, entry] = command
+            self.arrays.group[w, entry] = group
+            self._posted[w] += 1
             semaphore.release()
-            self._pending += 1
+            self._pending[group] += 1
 
-    def _wait(self) -> None:
-        while self._pending:
-            while not self.done.acquire(timeout=POLL_S):
+    def _collect(self, group: int) -> None:
+        while self._pending[group]:
+            while not self.done[group].acquire(timeout=POLL_S):
                 self._check_alive()
-            self._pending -= 1
-        failed = np.flatnonzero(self.arrays.failed)
-        if failed.size:
-            messages = [self.pipes[w].recv() for w in failed]  # read all: the next step is clean
+            self._pending[group] -= 1
+
+    def _wait(self, group: int) -> None:
+        self._collect(group)
+        if self.arrays.failed.any():
+            for other in range(len(self.groups)):
+                self._collect(other)  # then every failure's message is in its pipe
+            # read them all, so that the next step starts clean
+            messages = [self.pipes[w].recv() for w in np.flatnonzero(self.arrays.failed)
+                        for _ in range(int(self.arrays.failed[w]))]
             self.arrays.failed[:] = 0
             raise SamplerError(messages[0])
 
     def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
         if not self._finalizer.alive:
             raise SamplerError("the sampler's workers are closed")
-        self._command(ROUND)
-        for w, (lo, hi) in enumerate(self.ranges):
+        self._settle()
+        for w, ranges in enumerate(self.ranges):
             try:
-                self.pipes[w].send((tasks[lo:hi], call, first_trial))
+                self.pipes[w].send([(tasks[lo:hi], call, first_trial) for lo, hi in ranges])
             except OSError:  # a broken pipe: say which worker died, and how
                 self._check_alive()
                 raise
-        self._wake()
-        self._wait()
+        self._post(ROUND, 0)
+        self._wait(0)
 
-    def begin_step(self) -> None:
-        """Step every live slot on the actions in ``arrays.action``; returns at once."""
-        self._command(STEP)
-        self._wake()
+    def begin_step(self, group: int | None = None) -> None:
+        """Step the live slots of ``group`` (None: of every group) on the actions in
+        ``arrays.action``; returns at once."""
+        for g in range(len(self.groups)) if group is None else (group,):
+            if self._pending[g]:
+                self._settle()  # a step of this group was interrupted: let it finish first
+            self._post(STEP, g)
 
-    def finish_step(self) -> None:
-        """Wait until every worker has stepped; raises a worker's error as SamplerError."""
-        self._wait()
+    def finish_step(self, group: int | None = None) -> None:
+        """Wait until the workers have stepped ``group`` (None: every group); raises a
+        worker's error as SamplerError."""
+        for g in range(len(self.groups)) if group is None else (group,):
+            self._wait(g)
 
     def close(self) -> None:
         self._finalizer()

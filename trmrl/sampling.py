@@ -56,7 +56,13 @@ class PolicyOutput:
 
 
 class TrialPolicy(Protocol):
-    """What the sampler needs from an agent: memory is cleared per trial by ``reset``."""
+    """What the sampler needs from an agent: memory is cleared per trial by ``reset``.
+
+    A policy may also have ``acting_view() -> TrialPolicy``: another policy with the same
+    parameters and random generator but a memory of its own. A pipelined sampler then acts
+    for two halves of its envs through two views, in turn, while the workers step the other
+    half.
+    """
 
     def reset(self, num_trials: int) -> None: ...
 
@@ -76,6 +82,9 @@ class RandomPolicy:
 
     def reset(self, num_trials: int) -> None:
         pass
+
+    def acting_view(self) -> RandomPolicy:
+        return self  # no memory: one generator, drawn row after row in either case
 
     def act(self, step: StepInput, deterministic: bool = False) -> PolicyOutput:
         n = len(step.obs)
@@ -175,11 +184,16 @@ class TrialSampler:
         seed: base seed of every env reset.
         pin_workers: pin each worker to one CPU of this process's affinity mask; the default
             (None) pins when the workers fill the mask.
+        pipeline: with workers, split the slots into two halves that step in turn: the
+            policy acts for one half while the workers step the other, hiding the policy's
+            time (a GPU's round trip) behind the envs'. Needs a policy with ``acting_view``
+            (others act for all slots at once). The envs see the same resets either way;
+            a policy's random draws come half by half.
     """
 
     def __init__(self, suite: TaskSuite | str, num_envs: int, *, horizon: int | None = None,
                  episodes_per_trial: int | None = None, num_workers: int = 0, seed: int = 0,
-                 pin_workers: bool | None = None):
+                 pin_workers: bool | None = None, pipeline: bool = False):
         self.suite = make_suite(suite) if isinstance(suite, str) else suite
         self.horizon = check_positive("horizon", self.suite.horizon if horizon is None else horizon)
         self.episodes_per_trial = check_positive(
@@ -198,7 +212,9 @@ class TrialSampler:
         if num_workers == 0:
             self._slots = LocalSlots(self.suite, num_envs, *slot_args)
         else:
-            self._slots = WorkerSlots(self.suite, num_envs, num_workers, *slot_args, pin=pin_workers)
+            self._slots = WorkerSlots(self.suite, num_envs, num_workers, *slot_args, pin=pin_workers,
+                                      groups=2 if pipeline else 1)
+        self.pipeline = len(self._slots.groups) > 1
         self._record: _StepRecord | None = None  # allocated by the first run
         # seconds spent in run(): in policy.act, stepping or waiting for the envs, in all
         self.timings = {"policy": 0.0, "envs": 0.0, "total": 0.0}
@@ -242,59 +258,85 @@ class TrialSampler:
         features = np.stack([self.suite.task_features(task) for task in tasks]).astype(np.float32)
         slots = self._slots
         shared = slots.arrays  # this round uses slots 0..n-1
-        obs_now, start_now, active_now = shared.obs[:n], shared.episode_start[:n], shared.active[:n]
-        action_in, next_obs, reward = shared.action[:n], shared.next_obs[:n], shared.reward[:n]
-        terminated, truncated, success = shared.terminated[:n], shared.truncated[:n], shared.success[:n]
-        extra_keys: list[str] = []
-
         clock, timings = time.perf_counter, self.timings
         began = clock()
         slots.start_round(tasks, call, first_trial)
         timings["envs"] += clock() - began
-        prev_action = np.zeros((n, A), np.float32)
-        prev_reward = np.zeros(n, np.float32)
-        policy.reset(n)
+
+        # A lane is a range of slots that one policy (view) acts for; with a pipeline each
+        # group of slots is a lane, and the workers step one while the policy acts for the other
+        groups = [(g, lo, min(hi, n)) for g, (lo, hi) in enumerate(slots.groups) if lo < n]
+        if len(groups) > 1 and hasattr(policy, "acting_view"):
+            lanes = [_Lane(slice(lo, hi), g, policy if g == 0 else policy.acting_view(), A)
+                     for g, lo, hi in groups]
+        else:  # one lane over every slot, stepping every group
+            lanes = [_Lane(slice(0, n), None, policy, A)]
+        for lane in lanes:
+            lane.policy.reset(lane.size)
+        extra_keys: list[str] = []
+
         # Trials start together and a running trial takes one step per lockstep step, so
         # lockstep step t is step t of every running trial: the record is step-major.
-        steps = 0
-        for t in range(T):
-            active = active_now.copy()
+        def launch(lane: _Lane, t: int) -> bool:
+            """Act for the lane's slots at step t and start their step; False once its
+            trials have all ended."""
+            rows = lane.rows
+            active = shared.active[rows].copy()
             if not active.any():
-                break
-            obs, start = obs_now.copy(), start_now.copy()
+                record.valid[t:, rows] = False
+                return False
+            obs, start = shared.obs[rows].copy(), shared.episode_start[rows].copy()
             began = clock()
-            out = policy.act(StepInput(obs, prev_action, prev_reward, start, active, features),
-                             deterministic)
-            action = np.asarray(out.action, np.float32).reshape(n, A)
-            action_in[:] = action
+            out = lane.policy.act(StepInput(obs, lane.prev_action, lane.prev_reward, start,
+                                            active, features[rows]), deterministic)
+            action = np.asarray(out.action, np.float32).reshape(lane.size, A)
+            shared.action[rows] = action
             acted = clock()
-            slots.begin_step()
-            stepped = clock()
+            slots.begin_step(lane.group)
+            timings["policy"] += acted - began
+            timings["envs"] += clock() - acted
             # recorded while the workers step
-            record.obs[t, :n], record.episode_start[t, :n] = obs, start
-            record.action[t, :n], record.valid[t, :n] = action, active
+            record.obs[t, rows], record.episode_start[t, rows] = obs, start
+            record.action[t, rows], record.valid[t, rows] = action, active
             for key, value in out.extras.items():
                 value = np.asarray(value)
                 if key not in extra_keys:
                     extra_keys.append(key)
                     record.extra(key, value, t, n)
-                record.extras[key][t, :n] = value
+                record.extras[key][t, rows] = value
+            lane.action, lane.active = action, active
+            return True
+
+        def land(lane: _Lane, t: int) -> None:
+            """Wait for the lane's step t and record what it gave."""
+            rows = lane.rows
             waited = clock()
-            slots.finish_step()
-            ended = clock()
-            timings["policy"] += acted - began
-            timings["envs"] += stepped - acted + ended - waited
-            record.next_obs[t, :n], record.reward[t, :n] = next_obs, reward
-            record.terminated[t, :n], record.truncated[t, :n] = terminated, truncated
-            record.success[t, :n] = success
+            slots.finish_step(lane.group)
+            timings["envs"] += clock() - waited
+            reward = shared.reward[rows]
+            record.next_obs[t, rows], record.reward[t, rows] = shared.next_obs[rows], reward
+            record.terminated[t, rows] = shared.terminated[rows]
+            record.truncated[t, rows] = shared.truncated[rows]
+            record.success[t, rows] = shared.success[rows]
             # new arrays, not in-place updates: agents may keep the inputs of earlier steps.
             # Finished trials keep their last values (padding from now on).
+            action, active = lane.action, lane.active
             if active.all():
-                prev_action, prev_reward = action.copy(), reward.astype(np.float32)
+                lane.prev_action, lane.prev_reward = action.copy(), reward.astype(np.float32)
             else:
-                prev_action = np.where(active[:, None], action, prev_action)
-                prev_reward = np.where(active, reward, prev_reward).astype(np.float32)
-            steps = t + 1
+                lane.prev_action = np.where(active[:, None], action, lane.prev_action)
+                lane.prev_reward = np.where(active, reward, lane.prev_reward).astype(np.float32)
+
+        running = [launch(lane, 0) for lane in lanes]
+        steps = int(any(running))
+        for t in range(T):
+            if not any(running):
+                break
+            for i, lane in enumerate(lanes):
+                if running[i]:
+                    land(lane, t)
+                    running[i] = t + 1 < T and launch(lane, t + 1)
+                    steps = max(steps, t + 1 + running[i])
         return record.trial_batch(tasks, features, steps, self.episodes_per_trial,
                                   self.suite.has_success, extra_keys)
 
@@ -306,6 +348,17 @@ class TrialSampler:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Lane:
+    """Slots ``rows`` that one policy acts for, stepping slot group ``group`` (None: all)."""
+
+    def __init__(self, rows: slice, group: int | None, policy: TrialPolicy, act_dim: int):
+        self.rows, self.group, self.policy = rows, group, policy
+        self.size = rows.stop - rows.start
+        self.prev_action = np.zeros((self.size, act_dim), np.float32)  # zero at trial start
+        self.prev_reward = np.zeros(self.size, np.float32)
+        self.action = self.active = None  # of the step in flight
 
 
 class _StepRecord:

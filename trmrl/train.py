@@ -41,7 +41,8 @@ log = logging.getLogger("trmrl.train")
 
 PROGRESS_COLUMNS = ["env_steps", "wall_s", "split", "episode", "return", "success"]
 # settings that change how a run executes, not what it learns: a resume may change them
-OPERATIONAL_KEYS = ("steps", "num_workers", "checkpoint_every_s", "cuda_graphs", "torch_compile")
+OPERATIONAL_KEYS = ("steps", "num_workers", "pipeline_sampling", "checkpoint_every_s", "cuda_graphs",
+                    "torch_compile")
 CHECKPOINT_FORMAT = 1
 
 
@@ -247,7 +248,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     sampler = TrialSampler(suite, hp.trials_per_update, horizon=hp.horizon,
                            episodes_per_trial=hp.episodes_per_trial,
                            num_workers=hp.num_workers if agent.collects_trainer_trials else 0,
-                           seed=spec.seed)
+                           seed=spec.seed, pipeline=hp.pipeline_sampling)
     torch.set_num_threads(trainer_threads(spec.device, sampler.num_workers))
     eval_sampler = TrialSampler(suite, min(hp.eval_tasks, 64), horizon=hp.horizon,
                                 episodes_per_trial=hp.episodes_per_trial, seed=spec.seed + 10_000)

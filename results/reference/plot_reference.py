@@ -32,7 +32,8 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
         "TrMRL and VariBAD settings": {
             "trmrl--v1": "TrMRL, paper config v1 (diverged at 4.6M)",
             "trmrl--v1-resumed": "TrMRL v1, resumed at 4.5M with clip, at 7.6M with target_kl",
-            "trmrl--large-batch": "TrMRL v3, large-batch setting, 512 trials (20M steps in 4 min 57 s)",
+            "trmrl--large-batch": "TrMRL v3, large-batch setting (20M steps in 3 min 46 s)",
+            "trmrl--large-batch-no-pipeline": "the same without pipeline_sampling (4 min 57 s)",
             "trmrl--large-batch-256": "TrMRL v3, 256 trials (20M steps in 5 min 51 s)",
             "varibad--v1": "VariBAD v1: init_std 1.0, raw rewards",
             "varibad": "VariBAD v2 + init_std 0.2 (= v3)",

@@ -16,6 +16,7 @@ handed to ``carry_state`` after every step, to feed into the next one
 from __future__ import annotations
 
 import abc
+import copy
 import logging
 import os
 import shutil
@@ -102,6 +103,14 @@ class PPOAgent(Agent):
         if self.record_memory and memory is not None:
             extras["memory"] = memory.cpu().numpy()
         return PolicyOutput(action.numpy(), extras)
+
+    def acting_view(self) -> PPOAgent:
+        """This agent with a memory of its own, for a pipelined sampler's second half of envs.
+
+        A shallow copy shares the model, the CUDA graphs and the action-noise generator;
+        ``reset``, ``step_inputs`` and ``carry_state`` bind new memory tensors instead of
+        writing into the old ones, so the two memories stay apart."""
+        return copy.copy(self)
 
     def carry_state(self, state: torch.Tensor) -> None:
         """Keep the model's new recurrent state (``model.last_state``) for the next step.
