@@ -20,6 +20,7 @@ import copy
 import logging
 import os
 import shutil
+import warnings
 from typing import Any
 
 import numpy as np
@@ -247,6 +248,10 @@ def compile_model(model: nn.Module) -> bool:
         # one kernel set per batch shape (acting, minibatch): shape-specialised code is the
         # fastest, and a run meets only a few shapes
         model.compile(dynamic=False)
+        # Inductor's advice at every compile: TF32 is left off on purpose (the update must
+        # compute what acting computed), and its softmax remark is about its own kernels
+        warnings.filterwarnings("ignore", r"TensorFloat32 tensor cores", UserWarning)
+        warnings.filterwarnings("ignore", r"\s*Online softmax is disabled", UserWarning)
         return True
     log.warning("torch_compile: %s not found, so the model runs uncompiled (slower GPU "
                 "steps, the same model; --set torch_compile=false silences this)", missing)
