@@ -174,6 +174,7 @@ def test_acting_views_keep_memories_apart(name):
     agent.reset(4)
     whole = [agent.act(step, deterministic=True).action for step in steps]
     first, second = agent, agent.acting_view()
+    assert agent.acting_view() is second  # kept: a view's CUDA graphs are captured once
     first.reset(2)
     second.reset(2)
     for step, expected in zip(steps, whole):

@@ -51,16 +51,43 @@ def test_graphed_update_matches_eager(overrides):
     assert lr_g == pytest.approx(lr_e)
 
 
-def test_graphed_acting_matches_eager():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_graphed_acting_matches_eager(deterministic):
+    """The graphed acting step (memory update, model, noise and log-prob in one graph) acts
+    as the eager one: 9 trials on 6 slots give rounds of 6 and 3 rows (two graphs), and each
+    round starts from a cleared memory."""
     graphed, eager = agent_pair()
     suite = graphed.suite
     batches = []
     for agent in (graphed, eager):
         agent.record_memory = True
+        agent.generator.manual_seed(7)  # the same action noise
         with TrialSampler(suite, num_envs=6, seed=3) as sampler:
-            batches.append(sampler.run(agent, suite.tasks("test", 0, 6), deterministic=True))
-    for key in ("logp", "value", "memory"):
+            batches.append(sampler.run(agent, suite.tasks("test", 0, 9), deterministic=deterministic))
+    assert sorted(graphed._acting_graphs) == [3, 6]
+    assert sorted(batches[0].extras) == ["logp", "memory"]  # TrMRL's values come from the batch
+    for key in ("logp", "memory"):
         np.testing.assert_allclose(batches[0].extras[key], batches[1].extras[key], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batches[0].action, batches[1].action, rtol=1e-4, atol=1e-5)
+
+
+def test_graphed_acting_on_a_pipelined_sampler_matches_one_lane():
+    """Pipelined, the agent and its acting view each replay graphs of their own (a graph holds
+    the memory it updates), and act as the agent alone on every slot."""
+    graphed, _ = agent_pair()
+    suite = graphed.suite
+    tasks = suite.tasks("test", 0, 6)
+    with TrialSampler(suite, num_envs=6, num_workers=2, pipeline=True, seed=3) as sampler:
+        assert sampler.pipeline
+        piped = sampler.run(graphed, tasks, deterministic=True)
+        again = sampler.run(graphed, tasks, deterministic=True, call=0)  # graphs replayed
+    assert graphed.acting_view() is graphed.acting_view()  # made once: graphs captured once
+    assert list(graphed._acting_graphs) == [3] and list(graphed.acting_view()._acting_graphs) == [3]
+    with TrialSampler(suite, num_envs=6, seed=3) as sampler:
+        whole = sampler.run(graphed, tasks, deterministic=True)
+    for batch in (piped, again):
+        np.testing.assert_allclose(batch.action, whole.action, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batch.extras["logp"], whole.extras["logp"], rtol=1e-5, atol=1e-6)
 
 
 def test_compiling_keeps_the_model_and_its_checkpoint_keys():

@@ -1,5 +1,6 @@
 """Trial bookkeeping of the sampler, on the exactly predictable toy suite."""
 
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from toy_suite import ToySuite
+from trmrl import env_slots
 from trmrl.env_slots import POLL_S, worker_cpus
 from trmrl.envs import SuiteError, Task, make_suite
 from trmrl.sampling import PolicyOutput, RandomPolicy, SamplerError, TrialSampler
@@ -339,6 +341,33 @@ def test_workers_are_pinned_inside_the_affinity_mask_and_single_threaded():
     assert worker_cpus(len(allowed) + 1, None)[-1] == min(allowed)
     if len(allowed) > 1:
         assert worker_cpus(1, None) == [None]
+
+
+def test_waits_poll_before_they_sleep_and_give_up_when_told(monkeypatch):
+    semaphore = mp.get_context("spawn").Semaphore(0)
+    checks = []
+    monkeypatch.setattr(env_slots, "POLL_S", 0.01)
+    began = time.perf_counter()
+    assert not env_slots._acquire(semaphore, 0.05, lambda: (checks.append(1), len(checks) < 3)[1])
+    assert len(checks) == 3 and time.perf_counter() - began >= 0.05  # polled, then slept
+    semaphore.release()
+    assert env_slots._acquire(semaphore, 0.05, lambda: False)  # taken while polling
+    semaphore.release()
+    assert env_slots._acquire(semaphore, 0.0, lambda: False)  # no polling: taken at once
+    assert not semaphore.acquire(False)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity API")
+def test_only_workers_that_leave_a_cpu_spare_poll():
+    cpus = len(os.sched_getaffinity(0))
+    with TrialSampler(ToySuite(), num_envs=cpus, num_workers=cpus) as sampler:
+        assert sampler._slots.spin_s == 0.0
+        full = sampler.run(RandomPolicy([-1], [1], seed=1), ToySuite().tasks("train", 0, cpus))
+    if cpus > 1:
+        with TrialSampler(ToySuite(), num_envs=cpus, num_workers=cpus - 1) as sampler:
+            assert sampler._slots.spin_s == env_slots.SPIN_S > 0
+            spare = sampler.run(RandomPolicy([-1], [1], seed=1), ToySuite().tasks("train", 0, cpus))
+        np.testing.assert_array_equal(spare.obs, full.obs)
 
 
 _ORPHAN_SCRIPT = """

@@ -131,14 +131,25 @@ def test_window_respects_episode_boundaries(crosses):
     lambda s: OracleAgent(cfg.build(ReferenceConfig, {}), s, torch.device("cpu"), 0),
 ], ids=["trmrl", "trmrl-crossing-separate-value", "memoryless", "oracle"])
 def test_acting_and_learning_see_the_same_inputs(make):
-    """log-probs and values recomputed from the batch equal those recorded while acting."""
+    """log-probs and values recomputed from the batch equal those recorded while acting; so
+    do the values an agent with ``values_from_batch`` computes before its update."""
     suite = ToySuite(fall_at=4)  # early terminations exercise the padding too
     agent = make(suite)
+    from_batch = agent.values_from_batch
+    if from_batch:
+        with TrialSampler(suite, num_envs=3) as sampler:
+            assert "value" not in sampler.run(agent, suite.tasks("test", 0, 3)).extras
+        agent.values_from_batch = False  # record them while acting, to compare
     with TrialSampler(suite, num_envs=3) as sampler:
         batch = sampler.run(agent, suite.tasks("test", 0, 3))
     valid = torch.from_numpy(batch.valid)
+    inputs = {k: v[valid] for k, v in agent.batch_inputs(batch).items()}
+    if from_batch:
+        values = agent.batch_values(inputs, batch.valid, chunk=5)  # several chunks
+        np.testing.assert_allclose(values, batch.extras["value"], rtol=1e-5, atol=1e-6)
+        assert (values[~batch.valid] == 0).all()
     with torch.no_grad():
-        mean, value = agent.model({k: v[valid] for k, v in agent.batch_inputs(batch).items()})
+        mean, value = agent.model(inputs)
         logp = gaussian_log_prob(mean, agent.model.log_std.expand_as(mean),
                                  torch.from_numpy(batch.action)[valid])
     torch.testing.assert_close(logp, torch.from_numpy(batch.extras["logp"])[valid], atol=1e-5, rtol=1e-5)

@@ -10,7 +10,8 @@ when one ends, so that one step is one round trip, resets included.
   :class:`SlotArrays` block lives in shared memory (``multiprocessing.RawArray``: its backing
   file is unlinked as soon as it is mapped, so no segment can outlive the processes). A step
   costs one semaphore post and one semaphore wait per worker; nothing is pickled per step,
-  only the tasks of a new round travel through a pipe.
+  only the tasks of a new round travel through a pipe. Where the workers leave a CPU
+  spare, both sides poll their semaphore for up to ``SPIN_S`` before they sleep on it.
 * With ``groups=2`` the slots form two halves, rows ``[0, h)`` and ``[h, n)``, and each
   worker holds a range of each: the halves step separately, so that the sampler can act
   for one half while the workers step the other (see ``TrialSampler(pipeline=True)``).
@@ -25,6 +26,7 @@ import ctypes
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 import weakref
 from contextlib import contextmanager
@@ -35,6 +37,10 @@ from trmrl.envs.base import EnvStepError, Task, TaskSuite
 
 POLL_S = 1.0  # how often a blocked wait checks that the process on the other side still lives
 STARTUP_TIMEOUT_S = 600.0  # building envs can be slow (ML45 builds its benchmark), not endless
+# how long a wait polls before it sleeps: waking a sleeping process costs tens of µs, paid
+# twice per lockstep step, while the other side's turn (an acting step, a few envs' physics)
+# is often shorter than this
+SPIN_S = 0.001
 
 # what a woken worker does, read from SlotArrays.command
 STEP, ROUND, CLOSE = 1, 2, 3
@@ -234,13 +240,19 @@ def worker_cpus(num_workers: int, pin: bool | None) -> list[int | None]:
     mask, which SLURM and taskset set): then each gets its own core. With fewer workers the
     scheduler places them, so that several jobs on one node never pile onto the same cores.
     """
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no affinity API
+    allowed = _allowed_cpus()
+    if allowed is None:  # macOS has no affinity API
         return [None] * num_workers
     if pin is None:
         pin = num_workers >= len(allowed)
     return [allowed[w % len(allowed)] if pin else None for w in range(num_workers)]
+
+
+def _allowed_cpus() -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
 
 
 @contextmanager
@@ -260,9 +272,23 @@ def _single_threaded_children():
                 os.environ[name] = value
 
 
+def _acquire(semaphore, spin_s: float, still_waiting) -> bool:
+    """Take ``semaphore``: poll it for up to ``spin_s``, then block on it, calling
+    ``still_waiting()`` every POLL_S; gives up (False) when that returns False."""
+    if spin_s > 0:
+        end = time.perf_counter() + spin_s
+        while time.perf_counter() < end:
+            if semaphore.acquire(False):
+                return True
+    while not semaphore.acquire(timeout=POLL_S):
+        if not still_waiting():
+            return False
+    return True
+
+
 def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple,
                  ranges: list[tuple[int, int]], slot_args: tuple, go, done, pipe,
-                 cpu: int | None, parent_pid: int) -> None:
+                 cpu: int | None, parent_pid: int, spin_s: float) -> None:
     # Ctrl-C, and SIGTERM sent to the whole process group (timeout, scancel), are the parent's
     # to handle: it finishes its step and closes us; if it dies instead, we see it and exit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -281,9 +307,9 @@ def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple,
     pipe.send(("ready", None))
     woken = 0
     while True:
-        while not go.acquire(timeout=POLL_S):
-            if os.getppid() != parent_pid:  # the sampler's process is gone: so are we
-                return
+        # the sampler's process gone: so are we
+        if not _acquire(go, spin_s, lambda: os.getppid() == parent_pid):
+            return
         entry = woken % 2  # commands come in order through a ring of two
         command, group = int(arrays.command[index, entry]), int(arrays.group[index, entry])
         woken += 1
@@ -343,6 +369,9 @@ class WorkerSlots:
 
     def __init__(self, suite: TaskSuite, num_slots: int, num_workers: int, horizon: int,
                  episodes_per_trial: int, seed: int, pin: bool | None = None, groups: int = 1):
+        """``pin``: see :func:`worker_cpus`. Waits poll before they sleep (``SPIN_S``) only
+        where the workers and this process have a CPU each: polling on a shared one would
+        take it from the process being waited for."""
         context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
         self.arrays = SlotArrays.shared(context, num_slots, suite.observation_dim,
                                         suite.action_dim, num_workers)
@@ -360,6 +389,7 @@ class WorkerSlots:
         self._posted = [0] * num_workers  # commands posted to each worker: its ring position
         self.pipes, self.processes = [], []
         cpus = worker_cpus(num_workers, pin)
+        self.spin_s = SPIN_S if num_workers < len(_allowed_cpus() or [0]) else 0.0
         with _single_threaded_children():
             for w, ranges in enumerate(self.ranges):
                 parent_end, child_end = context.Pipe()
@@ -367,7 +397,7 @@ class WorkerSlots:
                     target=_worker_main, name=f"trmrl-sampler-{w}", daemon=True,
                     args=(w, suite, self.arrays.buffer, self.arrays.args, ranges,
                           (horizon, episodes_per_trial, seed), self.go[w], self.done, child_end,
-                          cpus[w], os.getpid()))
+                          cpus[w], os.getpid(), self.spin_s))
                 process.start()
                 child_end.close()
                 self.pipes.append(parent_end)
@@ -399,13 +429,15 @@ class WorkerSlots:
         if status != "ready":
             raise SamplerError(f"building the envs failed in {message}")
 
-    def _check_alive(self) -> None:
+    def _check_alive(self) -> bool:
+        """True while every worker lives; raises SamplerError for the first that died."""
         for w, process in enumerate(self.processes):
             if process.exitcode is not None:
                 rows = ", ".join(f"{lo}-{hi - 1}" for lo, hi in self.ranges[w] if hi > lo)
                 self._finalizer()  # the rest cannot go on without it
                 raise SamplerError(f"sampler worker {w} (pid {process.pid}, env slots {rows}) "
                                    f"died with exit code {process.exitcode}")
+        return True
 
     def _settle(self) -> None:
         """Let steps whose wait was interrupted (Ctrl-C, an error) finish before anything in
@@ -431,8 +463,7 @@ class WorkerSlots:
 
     def _collect(self, group: int) -> None:
         while self._pending[group]:
-            while not self.done[group].acquire(timeout=POLL_S):
-                self._check_alive()
+            _acquire(self.done[group], self.spin_s, self._check_alive)
             self._pending[group] -= 1
 
     def _wait(self, group: int) -> None:

@@ -32,6 +32,7 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
         "TrMRL and VariBAD settings": {
             "trmrl--v1": "TrMRL, paper config v1 (diverged at 4.6M)",
             "trmrl--v1-resumed": "TrMRL v1, resumed at 4.5M with clip, at 7.6M with target_kl",
+            "trmrl--paper-20m": "TrMRL v3, 20M steps (13 min 06 s on one GPU)",
             "trmrl--large-batch": "TrMRL v3, large-batch setting (20M steps in 3 min 46 s)",
             "trmrl--large-batch-no-pipeline": "the same without pipeline_sampling (4 min 57 s)",
             "trmrl--large-batch-256": "TrMRL v3, 256 trials (20M steps in 5 min 51 s)",

@@ -2,15 +2,15 @@
 
 A subclass supplies a model (``forward(inputs) -> (action mean, value)`` where ``inputs`` is
 a dict of tensors, a ``log_std`` parameter, and its policy/value parameter split) and two
-views of the same per-step inputs: ``step_inputs`` while acting (updating its memory) and
-``batch_inputs`` for a whole batch of trials when learning. The two must agree exactly; the
-tests check that the PPO ratio is 1 before the first gradient step.
+views of the same inputs: while acting, its memory (``initial_memory``), the step's rows
+(``step_features``) and how a step turns both into model inputs (``advance``, device ops
+only); and ``batch_inputs`` for a whole batch of trials when learning. The two must agree
+exactly; the tests check that the PPO ratio is 1 before the first gradient step.
 
 Two switches for recurrent agents (RL2): ``trial_minibatches = True`` makes PPO's samples
 whole trials (the model gets [trials, T, ...] inputs and returns [trials, T] outputs) instead
-of timesteps, and a model that sets ``last_state`` in its acting forward has that state
-handed to ``carry_state`` after every step, to feed into the next one
-(:class:`RecurrentPPOAgent` keeps it, for RL2 and VariBAD).
+of timesteps, and a model that sets ``last_state`` in its acting forward has that state kept
+as ``memory["state"]`` for the next step (:class:`RecurrentPPOAgent`, for RL2 and VariBAD).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class PPOAgent(Agent):
     # PPO minibatches of whole trials ([trials, T] samples, padding weighted 0) instead of
     # timesteps: for models that must see a trial from its start (recurrent ones)
     trial_minibatches: bool = False
+    # values of the whole batch computed before the update, not at every acting step: acting
+    # runs the policy alone (TrMRL's separate value encoder doubled its acting latency).
+    # Needs a model whose forward takes value=False; not for trial minibatches (a recurrent
+    # value must be carried while acting)
+    values_from_batch: bool = False
 
     def __init__(self, config: PPOConfig, suite, device, seed):
         super().__init__(config, suite, device, seed)
@@ -62,63 +67,97 @@ class PPOAgent(Agent):
         self.optimizer = make_optimizer(self.model.policy_parameters(),
                                         self.model.value_parameters(), config, self.graphed)
         self._graphed_update = None  # captured on the first update (after any resume)
-        self._graphed_forwards: dict[int, GraphedForward] = {}  # acting, one per batch size
+        self._acting_graphs: dict[int, GraphedActing] = {}  # one per batch size
+        self._acting_view: PPOAgent | None = None
+        self.memory: dict[str, torch.Tensor] = {}
         # one CPU generator for action noise and minibatch order: identical runs on CPU
         self.generator = torch.Generator().manual_seed(seed)
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
 
-    @abc.abstractmethod
-    def step_inputs(self, step: StepInput) -> dict[str, torch.Tensor]:
-        """Model inputs for this step, each [N, ...] on ``self.device``; updates the memory."""
+    # -- memory: what an agent keeps between the steps of a trial -------------------------
+    def initial_memory(self, num_trials: int) -> dict[str, torch.Tensor]:
+        """The memory at a trial's start, device tensors [num_trials, ...]: none by default."""
+        return {}
+
+    def step_features(self, step: StepInput) -> np.ndarray:
+        """This step's rows [N, D] as the model reads them (host side): by default the
+        working memory (s_t, a_{t-1}, r_{t-1}, d_t)."""
+        return step.augmented()
+
+    def advance(self, memory: dict[str, torch.Tensor], x: torch.Tensor):
+        """(model inputs, memory) for this step, from the memory so far and the step's rows
+        ``x`` [N, D] on the device. Device ops only: on a GPU they are replayed from one CUDA
+        graph with the model. A model that sets ``last_state`` in its acting forward has it
+        kept as ``memory["state"]`` for the next step."""
+        return {"x": x}, memory
 
     @abc.abstractmethod
     def batch_inputs(self, batch: TrialBatch) -> dict[str, torch.Tensor]:
         """Model inputs for every step of the batch, each [N, T, ...] on ``self.device``."""
 
     # -- acting ---------------------------------------------------------------------------
+    def reset(self, num_trials: int) -> None:
+        self.memory = self.initial_memory(num_trials)
+
     @torch.no_grad()
     def act(self, step: StepInput, deterministic: bool = False) -> PolicyOutput:
-        inputs = self.step_inputs(step)
+        features = np.asarray(self.step_features(step), np.float32)
+        rows, act_dim = len(features), self.suite.action_dim
         if self.graphed:
-            rows = len(step.obs)
-            if rows not in self._graphed_forwards:
-                self._graphed_forwards[rows] = GraphedForward(self.model, inputs)
-            mean, value, memory, state = self._graphed_forwards[rows](inputs)
+            graph = self._acting_graphs.get(rows)
+            if graph is None:
+                graph = self._acting_graphs[rows] = GraphedActing(self, rows, features.shape[1])
+            if self.memory is not graph.memory:  # a new trial (reset): its memory goes in
+                for key, value in self.memory.items():
+                    graph.memory[key].copy_(value)
+                self.memory = graph.memory
+            graph.features[:] = features
+            if deterministic:
+                graph.noise.zero_()
+            else:
+                torch.randn(graph.noise.shape, generator=self.generator, out=graph.noise)
+            out, latent = graph()
         else:
-            mean, value = self.model(inputs)
-            memory = getattr(self.model, "last_memory", None)
-            state = getattr(self.model, "last_state", None)
+            noise = (torch.zeros(rows, act_dim) if deterministic
+                     else torch.randn(rows, act_dim, generator=self.generator))
+            action, logp, value, self.memory = self.acting_step(
+                self.memory, to_device(features, self.device), noise.to(self.device))
+            out = torch.cat(pack(action, logp, value), 1).cpu().numpy()
+            latent = getattr(self.model, "last_memory", None)
+        extras = {"logp": out[:, act_dim]}
+        if not self.values_from_batch:
+            extras["value"] = out[:, act_dim + 1]
+        if self.record_memory and latent is not None:
+            extras["memory"] = latent.cpu().numpy()
+        return PolicyOutput(out[:, :act_dim], extras)
+
+    def acting_step(self, memory: dict[str, torch.Tensor], x: torch.Tensor, noise: torch.Tensor):
+        """One step of every trial: (action, log-prob, value, memory after it); the value is
+        None with ``values_from_batch``. ``noise`` [N, act_dim] is standard normal; zeros act
+        deterministically (the mean)."""
+        inputs, memory = self.advance(memory, x)
+        mean, value = self.model(inputs, value=False) if self.values_from_batch else self.model(inputs)
+        state = getattr(self.model, "last_state", None)
         if state is not None:
-            self.carry_state(state)
-        # one device->host transfer per step; the noise and log-prob are cheap on the CPU
-        act_dim = mean.shape[1]
-        out = torch.cat([mean, self.model.log_std.expand_as(mean), value[:, None]], 1).cpu()
-        mean, log_std, value = out[:, :act_dim], out[:, act_dim:-1], out[:, -1]
-        if deterministic:
-            action = mean
-        else:
-            action = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
-        extras = {"logp": gaussian_log_prob(mean, log_std, action).numpy(), "value": value.numpy()}
-        if self.record_memory and memory is not None:
-            extras["memory"] = memory.cpu().numpy()
-        return PolicyOutput(action.numpy(), extras)
+            memory = {**memory, "state": state}
+        log_std = self.model.log_std.expand_as(mean)
+        action = mean + log_std.exp() * noise
+        return action, gaussian_log_prob(mean, log_std, action), value, memory
 
     def acting_view(self) -> PPOAgent:
         """This agent with a memory of its own, for a pipelined sampler's second half of envs.
 
-        A shallow copy shares the model, the CUDA graphs and the action-noise generator;
-        ``reset``, ``step_inputs`` and ``carry_state`` bind new memory tensors instead of
-        writing into the old ones, so the two memories stay apart."""
-        return copy.copy(self)
-
-    def carry_state(self, state: torch.Tensor) -> None:
-        """Keep the model's new recurrent state (``model.last_state``) for the next step.
-
-        ``state`` may be a CUDA graph's output buffer, overwritten by its next replay."""
-        raise NotImplementedError(f"{type(self).__name__}'s model sets last_state: "
-                                  "override carry_state to keep it")
+        A shallow copy sharing the model and the action-noise generator, with acting graphs
+        of its own (a graph holds the memory it updates). Made once and kept, so that its
+        graphs are captured once per run."""
+        if self._acting_view is None:
+            view = copy.copy(self)
+            view._acting_graphs, view._acting_view = {}, None
+            self._acting_view = view
+        self._acting_view.record_memory = self.record_memory
+        return self._acting_view
 
     # -- learning -------------------------------------------------------------------------
     def train_iteration(self, sampler, tasks) -> IterationResult:
@@ -129,11 +168,12 @@ class PPOAgent(Agent):
         return IterationResult(batch.env_steps, batch.episode_return, batch.episode_success, metrics)
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
-        advantage, returns = gae(batch.reward, batch.extras["value"], batch.valid,
-                                 self.config.gamma, self.config.gae_lambda)
         valid = batch.valid
         params = list(self.model.parameters())
+        inputs = self.batch_inputs(batch)
         if self.trial_minibatches:  # whole trials, [N, T, ...]; the padding weighs 0
+            advantage, returns = gae(batch.reward, batch.extras["value"], valid,
+                                     self.config.gamma, self.config.gae_lambda)
             samples = {"logp": batch.extras["logp"], "advantage": advantage, "return": returns,
                        "action": batch.action}
             # zeros after each trial's end, whatever is there: weight-0 terms stay finite
@@ -141,17 +181,20 @@ class PPOAgent(Agent):
                        for k, v in samples.items()}
             samples["weight"] = valid.astype(np.float32)
             samples = {k: to_device(v, self.device) for k, v in samples.items()}
-            for key, value in self.batch_inputs(batch).items():
+            for key, value in inputs.items():
                 samples["input_" + key] = value
             # eager even on a GPU: a minibatch step is a few large kernels (one GRU call)
             return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
                               self.generator)
+        mask = to_device(valid, self.device)
+        inputs = {key: value[mask] for key, value in inputs.items()}  # the valid steps
+        values = batch.extras["value"] if "value" in batch.extras else self.batch_values(inputs, valid)
+        advantage, returns = gae(batch.reward, values, valid, self.config.gamma, self.config.gae_lambda)
         samples = {"logp": batch.extras["logp"][valid], "advantage": advantage[valid],
                    "return": returns[valid], "action": batch.action[valid]}
         samples = {k: to_device(v, self.device) for k, v in samples.items()}
-        mask = to_device(valid, self.device)
-        for key, value in self.batch_inputs(batch).items():
-            samples["input_" + key] = value[mask]
+        for key, value in inputs.items():
+            samples["input_" + key] = value
         if not self.graphed:
             return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
                               self.generator)
@@ -160,6 +203,20 @@ class PPOAgent(Agent):
             self._graphed_update = GraphedPPOUpdate(self.evaluate, samples, capacity,
                                                     self.optimizer, params, self.config)
         return self._graphed_update(samples, self.generator)
+
+    @torch.no_grad()
+    def batch_values(self, inputs: dict[str, torch.Tensor], valid: np.ndarray,
+                     chunk: int = 16384) -> np.ndarray:
+        """Values [N, T] (0 on padding) of the valid steps' model inputs (each [M, ...]), for
+        agents with ``values_from_batch``: what the acting step would have computed."""
+        num = len(next(iter(inputs.values())))
+        # model.forward, not model(): uncompiled, since a compiled call would compile anew
+        # for every batch size it meets
+        parts = [self.model.forward({k: v[lo:lo + chunk] for k, v in inputs.items()})[1]
+                 for lo in range(0, num, chunk)]
+        values = np.zeros(valid.shape, np.float32)
+        values[valid] = torch.cat(parts).cpu().numpy()
+        return values
 
     def evaluate(self, minibatch: dict[str, torch.Tensor]):
         """(log-prob, entropy, value) of a minibatch of samples under the current model."""
@@ -196,42 +253,58 @@ class RecurrentPPOAgent(PPOAgent):
     the episodes of a trial (RL2's GRUs, VariBAD's encoder): zeros at each trial's start,
     fed with the working memory (s_t, a_{t-1}, r_{t-1}, d_t) at every step."""
 
-    def reset(self, num_trials: int) -> None:
-        self.state = torch.zeros(num_trials, self.model.state_size, device=self.device)
+    def initial_memory(self, num_trials: int) -> dict[str, torch.Tensor]:
+        return {"state": torch.zeros(num_trials, self.model.state_size, device=self.device)}
 
-    def step_inputs(self, step: StepInput) -> dict[str, torch.Tensor]:
-        return {"x": to_device(step.augmented(), self.device), "state": self.state}
-
-    def carry_state(self, state: torch.Tensor) -> None:
-        self.state = state.clone()  # a copy: a CUDA graph overwrites its output buffer
+    def advance(self, memory, x):
+        return {"x": x, "state": memory["state"]}, memory  # the forward's last_state comes next
 
 
-class GraphedForward:
-    """The model's forward pass for a fixed batch size, replayed from a CUDA graph.
+class GraphedActing:
+    """An agent's acting step for a fixed number of trials, replayed from one CUDA graph:
+    the memory update (``advance``), the model, the action noise and its log-prob.
 
-    Parameters are updated in place by the optimiser and by ``load_state_dict``, so the
-    graph stays valid for the whole run.
+    The host writes the step's rows and the noise into one pinned buffer; a step is then one
+    copy in, a replay and one copy out (action, log-prob, value), where the eager path makes
+    a dozen small host-side torch calls. The graph holds the memory it updates (in place);
+    parameters are updated in place by the optimiser and ``load_state_dict``, so the graph
+    stays valid for the whole run.
     """
 
-    def __init__(self, model: nn.Module, example: dict[str, torch.Tensor]):
-        self.inputs = {k: v.clone() for k, v in example.items()}
+    def __init__(self, agent: PPOAgent, rows: int, feature_dim: int):
+        device, act_dim = agent.device, agent.suite.action_dim
+        split = rows * feature_dim
+        self.host_in = torch.zeros(split + rows * act_dim, pin_memory=True)
+        self.features = self.host_in[:split].view(rows, feature_dim).numpy()  # written per step
+        self.noise = self.host_in[split:].view(rows, act_dim)
+        self.device_in = torch.zeros_like(self.host_in, device=device)
+        x, noise = self.device_in[:split].view(rows, feature_dim), self.device_in[split:].view(rows, act_dim)
+        self.memory = agent.initial_memory(rows)
+
+        def step():
+            action, logp, value, memory = agent.acting_step(self.memory, x, noise)
+            for key, after in memory.items():
+                self.memory[key].copy_(after)
+            return torch.cat(pack(action, logp, value), 1), getattr(agent.model, "last_memory", None)
+
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(2):
-                model(self.inputs)
+                step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.mean, self.value = model(self.inputs)
-            self.memory = getattr(model, "last_memory", None)
-            self.state = getattr(model, "last_state", None)
+            self.device_out, self.latent = step()
+        self.host_out = torch.empty(self.device_out.shape, pin_memory=True)
 
-    def __call__(self, inputs: dict[str, torch.Tensor]):
-        for key, value in inputs.items():
-            self.inputs[key].copy_(value)
+    def __call__(self) -> tuple[np.ndarray, torch.Tensor | None]:
+        """(action | log-prob [| value] rows, the model's latent memory on the device)."""
+        self.device_in.copy_(self.host_in, non_blocking=True)
         self.graph.replay()
-        return self.mean, self.value, self.memory, self.state
+        self.host_out.copy_(self.device_out, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return self.host_out.numpy().copy(), self.latent  # a copy: the buffer is reused
 
 
 def compile_model(model: nn.Module) -> bool:
@@ -256,6 +329,11 @@ def compile_model(model: nn.Module) -> bool:
     log.warning("torch_compile: %s not found, so the model runs uncompiled (slower GPU "
                 "steps, the same model; --set torch_compile=false silences this)", missing)
     return False
+
+
+def pack(action: torch.Tensor, logp: torch.Tensor, value: torch.Tensor | None) -> list[torch.Tensor]:
+    """An acting step's outputs as columns, for one transfer to the host."""
+    return [action, logp[:, None]] + ([] if value is None else [value[:, None]])
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:

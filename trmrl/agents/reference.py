@@ -102,11 +102,8 @@ class MemorylessAgent(PPOAgent):
     def input_dim(self) -> int:
         return self.suite.observation_dim
 
-    def reset(self, num_trials: int) -> None:
-        pass  # no memory
-
-    def step_inputs(self, step):
-        return {"x": to_device(step.obs, self.device)}
+    def step_features(self, step):
+        return step.obs  # no memory: PPOAgent's default advance feeds it as {"x": obs}
 
     def batch_inputs(self, batch):
         return {"x": to_device(batch.obs, self.device)}
@@ -121,8 +118,8 @@ class OracleAgent(MemorylessAgent):
         probe = self.suite.tasks("test", 0, 1)[0]
         return self.suite.observation_dim + len(self.suite.task_features(probe))
 
-    def step_inputs(self, step):
-        return {"x": to_device(np.concatenate([step.obs, step.task_features], -1), self.device)}
+    def step_features(self, step):
+        return np.concatenate([step.obs, step.task_features], -1)
 
     def batch_inputs(self, batch):
         features = np.broadcast_to(batch.task_features[:, None],

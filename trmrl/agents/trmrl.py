@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
 from trmrl.ppo import PPOConfig
 from trmrl.errors import ConfigError
-from trmrl.sampling import StepInput, TrialBatch
+from trmrl.sampling import TrialBatch
 
 
 @dataclass
@@ -156,10 +156,13 @@ class TrMRLModel(nn.Module):
         self.value = mlp([config.d_model, *config.hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(config.init_std))))
 
-    def forward(self, inputs: dict[str, torch.Tensor]):
+    def forward(self, inputs: dict[str, torch.Tensor], value: bool = True):
+        """(action mean, value) of windows; value None with ``value=False`` (acting)."""
         windows, filled = inputs["windows"], inputs["filled"]
         memory = self.policy_encoder(windows, filled)
         self.last_memory = memory.detach()  # the episodic memory, for latent maps
+        if not value:
+            return self.policy(memory), None
         value_memory = memory if self.value_encoder is None else self.value_encoder(windows, filled)
         return self.policy(memory), self.value(value_memory).squeeze(-1)
 
@@ -177,25 +180,25 @@ class TrMRLAgent(PPOAgent):
     name = "trmrl"
     config_class = TrMRLConfig
     config: TrMRLConfig
+    values_from_batch = True  # acting runs the policy encoder alone
 
     def build_model(self):
         self.in_dim = self.suite.observation_dim + self.suite.action_dim + 2
         return TrMRLModel(self.in_dim, self.suite.action_dim, self.config)
 
-    # -- memory while acting ----------------------------------------------------------------
-    def reset(self, num_trials: int) -> None:
+    # -- memory while acting: the window of the last wm_size working memories -------------
+    def initial_memory(self, num_trials: int):
         W = self.config.wm_size
-        self.window = torch.zeros(num_trials, W, self.in_dim, device=self.device)
-        self.filled = torch.zeros(num_trials, W, dtype=torch.bool, device=self.device)
+        return {"window": torch.zeros(num_trials, W, self.in_dim, device=self.device),
+                "filled": torch.zeros(num_trials, W, dtype=torch.bool, device=self.device)}
 
-    def step_inputs(self, step: StepInput):
-        memory = to_device(step.augmented(), self.device)
-        if not self.config.window_crosses_episodes:
-            start = to_device(step.episode_start, self.device)
-            self.filled &= ~start[:, None]
-        self.window = torch.cat([self.window[:, 1:], memory[:, None]], 1)
-        self.filled = torch.cat([self.filled[:, 1:], torch.ones_like(self.filled[:, :1])], 1)
-        return {"windows": self.window, "filled": self.filled}
+    def advance(self, memory, x):
+        window, filled = memory["window"], memory["filled"]
+        if not self.config.window_crosses_episodes:  # d_t (x's last entry) clears the window
+            filled = filled & (x[:, -1:] == 0)
+        window = torch.cat([window[:, 1:], x[:, None]], 1)
+        filled = torch.cat([filled[:, 1:], torch.ones_like(filled[:, :1])], 1)
+        return {"windows": window, "filled": filled}, {"window": window, "filled": filled}
 
     # -- the same windows for a whole batch ---------------------------------------------------
     def batch_inputs(self, batch: TrialBatch):
