@@ -85,7 +85,9 @@ def main() -> None:
     if minibatch_steps:
         print(f"  update: {minibatch_steps / args.iterations:.0f} minibatch steps per iteration, "
               f"{1e3 * update_s / minibatch_steps:.2f} ms each (GAE and input building included)")
-    print(f"  paper budget {hp.steps:,} steps -> {format_duration(hp.steps / rate)}")
+    print(f"  paper budget {hp.steps:,} steps -> {format_duration(hp.steps / rate)} at this rate"
+          + (" (an upper bound: in whole runs target_kl shortens most updates; a run's own rate"
+             " is env_steps / wall_s of its metrics.csv)" if getattr(hp, "target_kl", 0) else ""))
 
 
 if __name__ == "__main__":
