@@ -34,6 +34,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from trmrl.envs.base import EnvStepError, Task, TaskSuite
+from trmrl.utils import available_cpus
 
 POLL_S = 1.0  # how often a blocked wait checks that the process on the other side still lives
 STARTUP_TIMEOUT_S = 600.0  # building envs can be slow (ML45 builds its benchmark), not endless
@@ -240,19 +241,13 @@ def worker_cpus(num_workers: int, pin: bool | None) -> list[int | None]:
     mask, which SLURM and taskset set): then each gets its own core. With fewer workers the
     scheduler places them, so that several jobs on one node never pile onto the same cores.
     """
-    allowed = _allowed_cpus()
-    if allowed is None:  # macOS has no affinity API
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity API
         return [None] * num_workers
     if pin is None:
         pin = num_workers >= len(allowed)
     return [allowed[w % len(allowed)] if pin else None for w in range(num_workers)]
-
-
-def _allowed_cpus() -> list[int] | None:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return None
 
 
 @contextmanager
@@ -370,8 +365,9 @@ class WorkerSlots:
     def __init__(self, suite: TaskSuite, num_slots: int, num_workers: int, horizon: int,
                  episodes_per_trial: int, seed: int, pin: bool | None = None, groups: int = 1):
         """``pin``: see :func:`worker_cpus`. Waits poll before they sleep (``SPIN_S``) only
-        where the workers and this process have a CPU each: polling on a shared one would
-        take it from the process being waited for."""
+        where the workers and this process have a CPU each of the job's allocation
+        (:func:`trmrl.utils.available_cpus`): polling on a shared one would take it from the
+        process being waited for."""
         context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
         self.arrays = SlotArrays.shared(context, num_slots, suite.observation_dim,
                                         suite.action_dim, num_workers)
@@ -389,7 +385,7 @@ class WorkerSlots:
         self._posted = [0] * num_workers  # commands posted to each worker: its ring position
         self.pipes, self.processes = [], []
         cpus = worker_cpus(num_workers, pin)
-        self.spin_s = SPIN_S if num_workers < len(_allowed_cpus() or [0]) else 0.0
+        self.spin_s = SPIN_S if num_workers < available_cpus() else 0.0
         with _single_threaded_children():
             for w, ranges in enumerate(self.ranges):
                 parent_end, child_end = context.Pipe()
