@@ -11,7 +11,7 @@ from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.agents.reference import MemorylessAgent, OracleAgent, ReferenceConfig
 from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig, WorkingMemoryEncoder, window_attention
-from trmrl.ppo import PPOConfig, gae, gaussian_log_prob, ppo_update
+from trmrl.ppo import PPOConfig, UpdatePhase, gae, gaussian_log_prob, joint_loss, ppo_update
 from trmrl.sampling import TrialSampler
 
 TINY = dict(layers=2, heads=2, d_model=16, d_ff=32, wm_size=4, trials_per_update=4,
@@ -183,6 +183,10 @@ def test_gae_on_a_known_trial():
     np.testing.assert_allclose(ret[valid], (adv + values)[valid], rtol=1e-6)
 
 
+def joint_phase(evaluate, optimizer, param, config):
+    return [UpdatePhase(joint_loss(evaluate, config), optimizer, [param])]
+
+
 def test_clipped_surrogate_on_a_known_batch():
     param = torch.nn.Parameter(torch.zeros(()))
     optimizer = torch.optim.SGD([param], lr=0.0)
@@ -194,7 +198,8 @@ def test_clipped_surrogate_on_a_known_batch():
         return torch.full((n,), math.log(1.5)) + 0 * param, torch.zeros(n), torch.zeros(n) + 0 * param
 
     config = PPOConfig(epochs=1, minibatch_size=2, clip=0.2)
-    stats = ppo_update(evaluate, samples, optimizer, [param], config, torch.Generator().manual_seed(0))
+    stats = ppo_update(joint_phase(evaluate, optimizer, param, config), samples, config,
+                       torch.Generator().manual_seed(0))
     # adv +1: min(1.5, 1.2) = 1.2; adv -1: min(-1.5, -1.2) = -1.5; loss = -mean = 0.15
     assert stats["policy_loss"] == pytest.approx(0.15)
     assert stats["value_loss"] == pytest.approx(0.5 * (1 + 9) / 2)
@@ -211,8 +216,9 @@ def test_far_off_policy_ratio_stays_finite():
         n = len(minibatch["logp"])
         return torch.full((n,), 200.0) + param, torch.zeros(n), torch.zeros(n) + 0 * param
 
-    stats = ppo_update(evaluate, samples, torch.optim.SGD([param], lr=0.0), [param],
-                       PPOConfig(epochs=1, minibatch_size=2), torch.Generator())
+    config = PPOConfig(epochs=1, minibatch_size=2)
+    stats = ppo_update(joint_phase(evaluate, torch.optim.SGD([param], lr=0.0), param, config),
+                       samples, config, torch.Generator())
     assert math.isfinite(stats["loss"]) and stats["policy_loss"] > 0
 
 
@@ -229,7 +235,8 @@ def test_target_kl_ends_the_iteration_early(target_kl, steps):
         return 2 * param.expand(n), torch.zeros(n), torch.zeros(n) + 0 * param
 
     config = PPOConfig(epochs=3, minibatch_size=2, clip=10.0, target_kl=target_kl)
-    stats = ppo_update(evaluate, samples, optimizer, [param], config, torch.Generator().manual_seed(0))
+    stats = ppo_update(joint_phase(evaluate, optimizer, param, config), samples, config,
+                       torch.Generator().manual_seed(0))
     assert stats["minibatch_steps"] == steps
 
 
@@ -242,8 +249,9 @@ def test_non_finite_loss_raises():
         return torch.full((n,), float("nan")) + param, torch.zeros(n), torch.zeros(n)
 
     with pytest.raises(FloatingPointError):
-        ppo_update(evaluate, samples, torch.optim.SGD([param], lr=0.1), [param],
-                   PPOConfig(epochs=1, minibatch_size=2), torch.Generator())
+        config = PPOConfig(epochs=1, minibatch_size=2)
+        ppo_update(joint_phase(evaluate, torch.optim.SGD([param], lr=0.1), param, config),
+                   samples, config, torch.Generator())
 
 
 def test_torch_compile_is_for_the_gpu_graphs_only():

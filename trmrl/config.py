@@ -25,11 +25,18 @@ def load_defaults(agent: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def env_defaults(agent: str, env: str) -> tuple[dict[str, Any], int]:
-    """(the YAML values for ``env``, the YAML's version)."""
+def env_defaults(agent: str, env: str, preset: str = "") -> tuple[dict[str, Any], int]:
+    """(the YAML values for ``env``, with the named preset's over them, the YAML's version)."""
     data = load_defaults(agent)
     values = dict(data.get("default") or {})
     values.update((data.get("envs") or {}).get(env) or {})
+    if preset:
+        presets = data.get("presets") or {}
+        if preset not in presets:
+            valid = ", ".join(sorted(presets)) or "none"
+            raise ConfigError(f"unknown preset {preset!r} for agent {agent}; valid presets: {valid}")
+        values.update(presets[preset])
+        values["preset"] = preset
     return values, int(data["version"])
 
 

@@ -9,6 +9,11 @@ context) or one whole trial (recurrent agents such as RL2, whose GRU must be unr
 the trial); trial samples are [trials, T, ...] with a "weight" [trials, T] that is 0 on the
 padding after a trial's end, and the loss averages over the weighted timesteps.
 
+An update runs one or two *phases*, each a loss minimised by its own AdamW for ``epochs``
+passes over shuffled minibatches: one joint phase (policy + value loss, one optimiser with a
+parameter group each), or, as the released TrMRL code does, a policy phase and then a value
+phase with optimisers of their own (``update_order``).
+
 On a GPU the whole minibatch step (forward, backward, AdamW) is captured once in a CUDA
 graph and replayed: the same arithmetic as the eager path without a kernel launch per op.
 """
@@ -34,6 +39,10 @@ KL = STATS.index("approx_kl")
 # |log ratio| cap: exp(89) overflows float32, and inf x advantage makes the loss NaN. Within
 # the cap nothing changes; beyond it the clipped surrogate has no useful gradient anyway.
 LOG_RATIO_LIMIT = 20.0
+UPDATE_ORDERS = ("joint", "policy_then_value")
+VALUE_LOSSES = ("mse", "gaussian_nll")
+VALUE_TARGETS = ("lambda_return", "discounted_return")
+LR_SCHEDULES = ("constant", "decay")
 
 
 @dataclass
@@ -51,6 +60,27 @@ class PPOConfig(RunConfig):
     entropy_coef: float = 0.0  # entropy bonus
     max_grad_norm: float = 0.0  # gradient-norm clip (0: off, as in the released code)
     target_kl: float = 0.0  # end the iteration's updates after a step whose KL > 1.5x this (0: off)
+    # -- the update's form. Each default is the behaviour from before the key existed (old
+    # run directories keep it); TrMRL's package YAML sets the released code's values
+    # "joint": one loss (policy + value) and one AdamW step per minibatch; "policy_then_value":
+    # the released code's two AdamW optimisers, `epochs` passes of the policy loss, then
+    # `epochs` passes of the value loss, each over minibatches shuffled of their own
+    update_order: str = "joint"
+    # "mse": 0.5 (V - target)^2; "gaussian_nll": -log N(target; V, sigma^2) with a learned
+    # sigma (initially 1), the released GaussianMLPValueFunction's loss
+    value_loss: str = "mse"
+    # "lambda_return": GAE advantage + V (the TD(lambda) target); "discounted_return": the
+    # discounted sum of the trial's remaining rewards, as the released code regresses on
+    value_target: str = "lambda_return"
+    lr_schedule_policy: str = "constant"  # "constant" | "decay" (below) for the policy lr
+    lr_schedule_value: str = "constant"  # the same for the value lr
+    # "decay": the lr falls to lr_min_factor x its start, in equal geometric steps, one per
+    # "epoch" from epoch lr_decay_start to lr_decay_end; an epoch is, as released,
+    # epochs x (trials x episodes x horizon) // minibatch_size minibatch steps of the
+    # optimiser (about one iteration)
+    lr_decay_start: int = 0
+    lr_decay_end: int = 0
+    lr_min_factor: float = 1.0
     cuda_graphs: bool = True  # on a GPU, replay the minibatch step from a CUDA graph
     # on a GPU with cuda_graphs: torch.compile the model inside the graphs, so they replay
     # fewer, fused kernels (costs ~10-30 s of compiling per batch shape at the start)
@@ -66,6 +96,22 @@ class PPOConfig(RunConfig):
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
+        choices = {"update_order": UPDATE_ORDERS, "value_loss": VALUE_LOSSES,
+                   "value_target": VALUE_TARGETS, "lr_schedule_policy": LR_SCHEDULES,
+                   "lr_schedule_value": LR_SCHEDULES}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name} must be one of {', '.join(valid)}, got "
+                                  f"{getattr(self, name)!r}")
+        if "decay" in (self.lr_schedule_policy, self.lr_schedule_value):
+            if not 0 <= self.lr_decay_start < self.lr_decay_end:
+                raise ConfigError("an lr schedule 'decay' needs 0 <= lr_decay_start < "
+                                  f"lr_decay_end, got {self.lr_decay_start} and {self.lr_decay_end}")
+            if not 0 < self.lr_min_factor <= 1:
+                raise ConfigError(f"lr_min_factor must be in (0, 1], got {self.lr_min_factor!r}")
+            if self.lr_decay != 1:
+                raise ConfigError("lr_decay (per iteration) and an lr schedule 'decay' exclude "
+                                  "each other; set lr_decay=1 or both schedules to constant")
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, valid: np.ndarray, gamma: float,
@@ -87,6 +133,17 @@ def gae(rewards: np.ndarray, values: np.ndarray, valid: np.ndarray, gamma: float
     return advantages, advantages + values
 
 
+def discounted_returns(rewards: np.ndarray, valid: np.ndarray, gamma: float) -> np.ndarray:
+    """The discounted sum of each step's remaining rewards in its trial [N, T]; 0 on padding."""
+    rewards = np.where(valid, rewards, 0).astype(np.float32)
+    returns = np.zeros_like(rewards)
+    running = np.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * valid
+
+
 def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     return (-0.5 * ((action - mean) / log_std.exp()) ** 2 - log_std
             - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -102,11 +159,12 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
     return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
 
 
-def make_optimizer(policy_params, value_params, config: PPOConfig,
+def make_optimizer(groups: list[tuple[str, list[nn.Parameter], float, str]], config: PPOConfig,
                    graphed: bool = False) -> torch.optim.Optimizer:
-    """AdamW with one lr per group; graphed: capturable, with lrs as device tensors."""
-    groups = [{"params": list(policy_params), "lr": config.lr_policy},
-              {"params": list(value_params), "lr": config.lr_value}]
+    """AdamW over ``groups`` of (name, parameters, lr, lr schedule); graphed: capturable, with
+    lrs as device tensors. Each group keeps its starting lr and schedule for :func:`set_lrs`."""
+    groups = [{"params": list(params), "lr": lr, "name": name, "base_lr": lr, "schedule": schedule}
+              for name, params, lr, schedule in groups]
     if graphed:
         device = groups[0]["params"][0].device
         for group in groups:
@@ -117,33 +175,111 @@ def make_optimizer(policy_params, value_params, config: PPOConfig,
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def minibatch_loss(evaluate: Evaluate, minibatch: dict[str, torch.Tensor], weight: torch.Tensor,
-                   config: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped-surrogate PPO loss; ``weight`` 0 marks padding. Returns (loss, STATS).
+def decay_factor(step: int, steps_per_epoch: int, config: PPOConfig) -> float:
+    """The lr factor at an optimiser's minibatch step ``step`` (0-based, over the run) under
+    the schedule "decay": the released LRDecayOptimizerWrapper, a MultiStepLR with one
+    milestone every ``steps_per_epoch`` steps from epoch lr_decay_start to lr_decay_end, each
+    multiplying the lr by gamma = lr_min_factor ** (1 / milestones)."""
+    milestones = config.lr_decay_end - config.lr_decay_start
+    passed = (step - config.lr_decay_start * steps_per_epoch) // steps_per_epoch + 1
+    gamma = config.lr_min_factor ** (1 / milestones)
+    return gamma ** min(max(passed, 0), milestones)
 
-    Samples may be timesteps (every tensor [B]) or whole trials ([B, T]); ``weight`` has the
-    same shape and the loss is the weighted mean over every entry.
-    """
-    log_prob, entropy, value = evaluate(minibatch)
-    w = weight / weight.sum()
+
+def set_lrs(optimizer: torch.optim.Optimizer, step: int, steps_per_epoch: int,
+            config: PPOConfig) -> None:
+    """Set the lr of every scheduled group for minibatch step ``step``; constant groups are
+    left alone (lr_decay, per iteration, applies to those)."""
+    for group in optimizer.param_groups:
+        if group.get("schedule", "constant") == "decay":
+            lr = group["base_lr"] * decay_factor(step, steps_per_epoch, config)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # in place: the graph reads this tensor
+            else:
+                group["lr"] = lr
+
+
+# -- losses: (minibatch, weight) -> (loss, STATS); weight 0 marks padding ---------------------
+# Samples may be timesteps (every tensor [B]) or whole trials ([B, T]); ``weight`` has the
+# same shape and each term is the weighted mean over every entry.
+MinibatchLoss = Callable[[dict[str, torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def policy_terms(log_prob, entropy, minibatch, w, config: PPOConfig):
+    """(clipped-surrogate loss, mean entropy, approx. KL, clip fraction); ``w`` sums to 1."""
     advantage = minibatch["advantage"]
     if config.center_advantages:
         centred = advantage - (w * advantage).sum()
         advantage = centred / ((w * centred.pow(2)).sum().sqrt() + 1e-8)
     # padding has no recorded log-prob: keep it out of exp() so 0 x inf can never be NaN
-    log_ratio = torch.where(weight > 0, log_prob - minibatch["logp"], 0.0)
+    log_ratio = torch.where(w > 0, log_prob - minibatch["logp"], 0.0)
     log_ratio = log_ratio.clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = log_ratio.exp()
     surrogate = torch.min(ratio * advantage, ratio.clamp(1 - config.clip, 1 + config.clip) * advantage)
-    policy_loss = -(w * surrogate).sum()
-    value_loss = 0.5 * (w * (value - minibatch["return"]).pow(2)).sum()
-    mean_entropy = (w * entropy).sum()
-    loss = policy_loss + value_loss - config.entropy_coef * mean_entropy
     with torch.no_grad():
-        stats = torch.stack([loss, policy_loss, value_loss, mean_entropy,
-                             (w * ((ratio - 1) - log_ratio)).sum(),
-                             (w * ((ratio - 1).abs() > config.clip).float()).sum()])
-    return loss, stats
+        kl = (w * ((ratio - 1) - log_ratio)).sum()
+        clipped = (w * ((ratio - 1).abs() > config.clip).float()).sum()
+    return -(w * surrogate).sum(), (w * entropy).sum(), kl, clipped
+
+
+def value_term(value, target, w, config: PPOConfig, log_std: torch.Tensor | None):
+    if config.value_loss == "gaussian_nll":
+        return (w * (0.5 * ((target - value) / log_std.exp()).pow(2) + log_std
+                     + 0.5 * math.log(2 * math.pi))).sum()
+    return 0.5 * (w * (value - target).pow(2)).sum()
+
+
+def joint_loss(evaluate: Evaluate, config: PPOConfig,
+               value_log_std: torch.Tensor | None = None) -> MinibatchLoss:
+    """Policy and value loss in one (``update_order`` "joint")."""
+    def loss_fn(minibatch, weight):
+        log_prob, entropy, value = evaluate(minibatch)
+        w = weight / weight.sum()
+        policy_loss, mean_entropy, kl, clipped = policy_terms(log_prob, entropy, minibatch, w, config)
+        value_loss = value_term(value, minibatch["return"], w, config, value_log_std)
+        loss = policy_loss + value_loss - config.entropy_coef * mean_entropy
+        stats = torch.stack([loss, policy_loss, value_loss, mean_entropy, kl, clipped]).detach()
+        return loss, stats
+    return loss_fn
+
+
+def policy_loss(evaluate_policy, config: PPOConfig) -> MinibatchLoss:
+    """The policy phase of "policy_then_value": ``evaluate_policy`` -> (log_prob, entropy)."""
+    def loss_fn(minibatch, weight):
+        log_prob, entropy = evaluate_policy(minibatch)
+        w = weight / weight.sum()
+        loss, mean_entropy, kl, clipped = policy_terms(log_prob, entropy, minibatch, w, config)
+        loss = loss - config.entropy_coef * mean_entropy
+        zero = torch.zeros((), device=loss.device)
+        return loss, torch.stack([loss, loss, zero, mean_entropy, kl, clipped]).detach()
+    return loss_fn
+
+
+def value_loss(evaluate_value, config: PPOConfig,
+               value_log_std: torch.Tensor | None = None) -> MinibatchLoss:
+    """The value phase of "policy_then_value": ``evaluate_value`` -> value."""
+    def loss_fn(minibatch, weight):
+        w = weight / weight.sum()
+        loss = value_term(evaluate_value(minibatch), minibatch["return"], w, config, value_log_std)
+        zero = torch.zeros((), device=loss.device)
+        return loss, torch.stack([loss, zero, loss, zero, zero, zero]).detach()
+    return loss_fn
+
+
+@dataclass
+class UpdatePhase:
+    """One loss minimised by one optimiser for ``epochs`` passes over the samples."""
+
+    loss: MinibatchLoss
+    optimizer: torch.optim.Optimizer
+    params: list[nn.Parameter]  # what gradient clipping covers
+    steps_per_epoch: int = 1  # the lr schedule's "epoch", in minibatch steps (released formula)
+    checks_kl: bool = True  # target_kl may end this phase early (the phases with a policy loss)
+    # zero the gradients in place instead of dropping them: AdamW then still steps (weight
+    # decay) the parameters this loss does not reach, as torch 1.7, which the released code
+    # ran on, did; on for "policy_then_value", where the value optimiser holds the policy
+    keep_zero_grads: bool = False
+    steps: int = 0  # minibatch steps taken over the run: the lr schedule's clock
 
 
 def _minibatch_indices(num: int, config: PPOConfig, generator: torch.Generator):
@@ -154,34 +290,38 @@ def _minibatch_indices(num: int, config: PPOConfig, generator: torch.Generator):
             yield order[start:start + config.minibatch_size]
 
 
-def ppo_update(evaluate: Evaluate, samples: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               params: list[nn.Parameter], config: PPOConfig,
+def ppo_update(phases: list[UpdatePhase], samples: dict[str, torch.Tensor], config: PPOConfig,
                generator: torch.Generator) -> dict[str, float]:
-    """``config.epochs`` passes of PPO over ``samples`` (each [M, ...]; needs "logp",
-    "advantage", "return" and whatever ``evaluate`` reads; optionally "weight", 0 on
+    """Each phase in turn: ``config.epochs`` passes over ``samples`` (each [M, ...]; needs
+    "logp", "advantage", "return" and whatever the losses read; optionally "weight", 0 on
     padding, e.g. [M, T] for whole trials), step by step (eager).
 
     Raises FloatingPointError if the loss went non-finite (checked once per call to avoid
     a device sync per minibatch; the caller then keeps its last good checkpoint).
     """
     device = samples["logp"].device
-    total = torch.zeros(len(STATS), device=device)
-    updates = 0
-    for idx in _minibatch_indices(samples["logp"].shape[0], config, generator):
-        idx = idx.to(device)
-        minibatch = {key: value[idx] for key, value in samples.items()}
-        weight = minibatch["weight"] if "weight" in minibatch else torch.ones(len(idx), device=device)
-        loss, stats = minibatch_loss(evaluate, minibatch, weight, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        total += stats
-        updates += 1
-        if _kl_exceeded(stats, config):
-            break
-    return _finish(total, updates, optimizer, config)
+    results = []
+    for phase in phases:
+        total = torch.zeros(len(STATS), device=device)
+        updates = 0
+        for idx in _minibatch_indices(samples["logp"].shape[0], config, generator):
+            idx = idx.to(device)
+            minibatch = {key: value[idx] for key, value in samples.items()}
+            weight = minibatch["weight"] if "weight" in minibatch else torch.ones(len(idx), device=device)
+            set_lrs(phase.optimizer, phase.steps, phase.steps_per_epoch, config)
+            loss, stats = phase.loss(minibatch, weight)
+            phase.optimizer.zero_grad(set_to_none=not phase.keep_zero_grads)
+            loss.backward()
+            if config.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(phase.params, config.max_grad_norm)
+            phase.optimizer.step()
+            total += stats
+            updates += 1
+            phase.steps += 1
+            if phase.checks_kl and _kl_exceeded(stats, config):
+                break
+        results.append((total, updates))
+    return _finish(results, phases, config)
 
 
 def _kl_exceeded(stats: torch.Tensor, config: PPOConfig) -> bool:
@@ -191,21 +331,30 @@ def _kl_exceeded(stats: torch.Tensor, config: PPOConfig) -> bool:
     return config.target_kl > 0 and stats[KL].item() > 1.5 * config.target_kl
 
 
-def _finish(total: torch.Tensor, updates: int, optimizer, config: PPOConfig) -> dict[str, float]:
-    out = dict(zip(STATS, (total / max(updates, 1)).tolist()))
+def _finish(results: list[tuple[torch.Tensor, int]], phases: list[UpdatePhase],
+            config: PPOConfig) -> dict[str, float]:
+    """Per phase the mean of its steps' stats, summed over phases (a phase leaves the terms
+    it does not compute at 0); then lr_decay on every constant-lr group."""
+    means = sum(total / max(updates, 1) for total, updates in results)
+    out = dict(zip(STATS, means.tolist()))
     if not all(math.isfinite(v) for v in out.values()):
         raise FloatingPointError(f"non-finite PPO loss: {out}")
-    out["minibatch_steps"] = updates  # fewer than epochs x minibatches when target_kl stopped it
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].mul_(config.lr_decay)  # in place: the graph reads this tensor
-        else:
-            group["lr"] *= config.lr_decay
+    # fewer than phases x epochs x minibatches when target_kl stopped it
+    out["minibatch_steps"] = sum(updates for _, updates in results)
+    for phase in phases:
+        for group in phase.optimizer.param_groups:
+            if group.get("schedule", "constant") == "decay":
+                out[f"lr_{group['name']}"] = float(group["lr"])
+                continue
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].mul_(config.lr_decay)  # in place: the graph reads this tensor
+            else:
+                group["lr"] *= config.lr_decay
     return out
 
 
 class GraphedPPOUpdate:
-    """PPO minibatch steps replayed from one CUDA graph.
+    """One phase's minibatch steps replayed from one CUDA graph.
 
     Samples are copied into static buffers of a fixed capacity (the most timesteps an
     iteration can produce); each replay gathers one minibatch by index, so the last,
@@ -213,10 +362,11 @@ class GraphedPPOUpdate:
     which change the parameters and optimiser state: both are restored in place afterwards.
     """
 
-    def __init__(self, evaluate: Evaluate, example: dict[str, torch.Tensor], capacity: int,
-                 optimizer: torch.optim.Optimizer, params: list[nn.Parameter], config: PPOConfig):
+    def __init__(self, phase: UpdatePhase, example: dict[str, torch.Tensor], capacity: int,
+                 config: PPOConfig):
         device = example["logp"].device
-        self.config, self.optimizer = config, optimizer
+        self.config, self.phase = config, phase
+        optimizer, params = phase.optimizer, phase.params
         self.buffers = {k: torch.zeros((capacity, *v.shape[1:]), dtype=v.dtype, device=device)
                         for k, v in example.items()}
         size = config.minibatch_size
@@ -224,10 +374,17 @@ class GraphedPPOUpdate:
         self.weight = torch.ones(size, device=device)
         self.total = torch.zeros(len(STATS), device=device)
         self.last = torch.zeros(len(STATS), device=device)  # the latest step's stats
+        optimised = [p for group in optimizer.param_groups for p in group["params"]]
+        if phase.keep_zero_grads:  # static gradients, zeroed in the graph (see UpdatePhase)
+            for param in optimised:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
 
         def step():
+            if phase.keep_zero_grads:
+                optimizer.zero_grad(set_to_none=False)
             minibatch = {k: v[self.index] for k, v in self.buffers.items()}
-            loss, stats = minibatch_loss(evaluate, minibatch, self.weight, config)
+            loss, stats = phase.loss(minibatch, self.weight)
             loss.backward()
             if config.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -235,22 +392,24 @@ class GraphedPPOUpdate:
             self.total.add_(stats)
             self.last.copy_(stats)
 
-        saved_params = [p.detach().clone() for p in params]
+        saved_params = [p.detach().clone() for p in optimised]
         saved_state = copy.deepcopy(optimizer.state_dict()["state"])
         self.buffers["logp"].zero_()  # warm-up data: finite, any values do
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                optimizer.zero_grad(set_to_none=True)
+                if not phase.keep_zero_grads:
+                    optimizer.zero_grad(set_to_none=True)
                 step()
         torch.cuda.current_stream().wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)
+        if not phase.keep_zero_grads:
+            optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             step()
         with torch.no_grad():  # undo the warm-up steps, keeping every tensor's address
-            for param, saved in zip(params, saved_params):
+            for param, saved in zip(optimised, saved_params):
                 param.copy_(saved)
             for key, state in optimizer.state_dict()["state"].items():
                 for name, value in state.items():
@@ -258,7 +417,9 @@ class GraphedPPOUpdate:
                         old = saved_state.get(key, {}).get(name)
                         value.copy_(old if old is not None else torch.zeros_like(value))
 
-    def __call__(self, samples: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+    def __call__(self, samples: dict[str, torch.Tensor],
+                 generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """(the summed stats, the steps taken) of one phase over ``samples``."""
         num = samples["logp"].shape[0]
         if num > self.buffers["logp"].shape[0]:
             raise ValueError(f"{num} samples exceed the graph's capacity {self.buffers['logp'].shape[0]}")
@@ -277,12 +438,21 @@ class GraphedPPOUpdate:
         all_index = torch.stack(chunks).to(device, non_blocking=True)
         all_weight = torch.stack(weights).to(device, non_blocking=True)
         self.total.zero_()
-        updates = 0
+        phase, updates = self.phase, 0
         for i in range(len(chunks)):
             self.index.copy_(all_index[i])
             self.weight.copy_(all_weight[i])
+            set_lrs(phase.optimizer, phase.steps, phase.steps_per_epoch, self.config)
             self.graph.replay()
             updates += 1
-            if _kl_exceeded(self.last, self.config):
+            phase.steps += 1
+            if phase.checks_kl and _kl_exceeded(self.last, self.config):
                 break
-        return _finish(self.total, updates, self.optimizer, self.config)
+        return self.total.clone(), updates
+
+
+def graphed_update(graphs: list[GraphedPPOUpdate], samples: dict[str, torch.Tensor],
+                   config: PPOConfig, generator: torch.Generator) -> dict[str, float]:
+    """:func:`ppo_update` from captured phases."""
+    results = [graph(samples, generator) for graph in graphs]
+    return _finish(results, [graph.phase for graph in graphs], config)

@@ -82,8 +82,10 @@ def resolve(agent: str, env: str, seed: int, steps: int | None = None, device: s
     check_env_name(env)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise cfg.ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    values, version = cfg.env_defaults(agent, env)
-    values.update(overrides or {})
+    overrides = dict(overrides or {})
+    preset = overrides.get("preset", "")
+    values, version = cfg.env_defaults(agent, env, preset if isinstance(preset, str) else "")
+    values.update(overrides)
     if steps is not None:
         values["steps"] = steps
     hyperparameters = cfg.build(agent_class(agent).config_class, values, source="--set")

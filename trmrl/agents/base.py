@@ -38,6 +38,9 @@ class RunConfig:
     horizon: int | None = None  # episode length; None: the suite's
     episodes_per_trial: int | None = None  # episodes per trial (K); None: the suite's
     checkpoint_every_s: float = 300.0  # wall-clock seconds between checkpoints
+    # a named bundle of overrides from the agent's package YAML (`presets`; `trmrl agents`
+    # lists them), applied over the env's defaults; "": none
+    preset: str = ""
 
     def validate(self) -> None:
         for name in ("steps", "eval_every", "eval_tasks", "trials_per_update"):

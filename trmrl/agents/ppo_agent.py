@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 
 from trmrl.agents.base import Agent, IterationResult
-from trmrl.ppo import (GraphedPPOUpdate, PPOConfig, gae, gaussian_entropy, gaussian_log_prob,
-                       make_optimizer, ppo_update)
+from trmrl.ppo import (GraphedPPOUpdate, PPOConfig, UpdatePhase, discounted_returns, gae,
+                       gaussian_entropy, gaussian_log_prob, graphed_update, joint_loss,
+                       make_optimizer, policy_loss, ppo_update, value_loss)
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,14 @@ class PPOAgent(Agent):
     def __init__(self, config: PPOConfig, suite, device, seed):
         super().__init__(config, suite, device, seed)
         torch.manual_seed(seed)  # parameter initialisation
-        self.model = self.build_model().to(device)
+        self.model = self.build_model()
+        if config.value_loss == "gaussian_nll":  # the value's log std, learned (std 1 at first)
+            self.model.register_parameter("value_log_std", nn.Parameter(torch.zeros(())))
+        self.model.to(device)
         self.graphed = device.type == "cuda" and config.cuda_graphs
         self.compiled = self.graphed and config.torch_compile and compile_model(self.model)
-        self.optimizer = make_optimizer(self.model.policy_parameters(),
-                                        self.model.value_parameters(), config, self.graphed)
+        self.phases = self.build_phases()
+        self.optimizer = self.phases[0].optimizer
         self._graphed_update = None  # captured on the first update (after any resume)
         self._acting_graphs: dict[int, GraphedActing] = {}  # one per batch size
         self._acting_view: PPOAgent | None = None
@@ -75,6 +79,48 @@ class PPOAgent(Agent):
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
+
+    # -- the update's phases and their optimisers -------------------------------------------
+    def value_reads_policy_parameters(self) -> bool:
+        """Whether the value is computed through the policy's parameters (a shared encoder):
+        the released code's value optimiser then holds the whole policy too."""
+        return False
+
+    def build_phases(self) -> list[UpdatePhase]:
+        config, graphed = self.config, self.graphed
+        policy = list(self.model.policy_parameters())
+        value = list(self.model.value_parameters())
+        log_std = getattr(self.model, "value_log_std", None)
+        if log_std is not None:
+            value.append(log_std)
+        steps_per_epoch = max(1, config.epochs * self.nominal_samples() // config.minibatch_size)
+        if config.update_order == "joint":
+            optimizer = make_optimizer(
+                [("policy", policy, config.lr_policy, config.lr_schedule_policy),
+                 ("value", value, config.lr_value, config.lr_schedule_value)], config, graphed)
+            return [UpdatePhase(joint_loss(self.evaluate, config, log_std), optimizer,
+                                list(self.model.parameters()), steps_per_epoch)]
+        # "policy_then_value": as released, the value optimiser holds every parameter the
+        # value function owns, the policy included when it reads the policy's encoder
+        if self.value_reads_policy_parameters():
+            value = value + [p for p in policy if all(p is not v for v in value)]
+        policy_optimizer = make_optimizer(
+            [("policy", policy, config.lr_policy, config.lr_schedule_policy)], config, graphed)
+        value_optimizer = make_optimizer(
+            [("value", value, config.lr_value, config.lr_schedule_value)], config, graphed)
+        return [UpdatePhase(policy_loss(self.evaluate_policy, config), policy_optimizer, policy,
+                            steps_per_epoch, checks_kl=True, keep_zero_grads=True),
+                UpdatePhase(value_loss(self.evaluate_value, config, log_std), value_optimizer,
+                            value, steps_per_epoch, checks_kl=False, keep_zero_grads=True)]
+
+    def nominal_samples(self) -> int:
+        """Samples in a full iteration (trials x episodes x horizon timesteps, or trials for
+        trial minibatches): the lr schedule's epoch is counted in these, as released."""
+        config, suite = self.config, self.suite
+        if self.trial_minibatches:
+            return config.trials_per_update
+        return (config.trials_per_update * (config.episodes_per_trial or suite.episodes_per_trial)
+                * (config.horizon or suite.horizon))
 
     # -- memory: what an agent keeps between the steps of a trial -------------------------
     def initial_memory(self, num_trials: int) -> dict[str, torch.Tensor]:
@@ -142,7 +188,7 @@ class PPOAgent(Agent):
         state = getattr(self.model, "last_state", None)
         if state is not None:
             memory = {**memory, "state": state}
-        log_std = self.model.log_std.expand_as(mean)
+        log_std = self.action_log_std().expand_as(mean)
         action = mean + log_std.exp() * noise
         return action, gaussian_log_prob(mean, log_std, action), value, memory
 
@@ -169,11 +215,9 @@ class PPOAgent(Agent):
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
         valid = batch.valid
-        params = list(self.model.parameters())
         inputs = self.batch_inputs(batch)
         if self.trial_minibatches:  # whole trials, [N, T, ...]; the padding weighs 0
-            advantage, returns = gae(batch.reward, batch.extras["value"], valid,
-                                     self.config.gamma, self.config.gae_lambda)
+            advantage, returns = self.advantages_and_targets(batch, batch.extras["value"])
             samples = {"logp": batch.extras["logp"], "advantage": advantage, "return": returns,
                        "action": batch.action}
             # zeros after each trial's end, whatever is there: weight-0 terms stay finite
@@ -184,25 +228,32 @@ class PPOAgent(Agent):
             for key, value in inputs.items():
                 samples["input_" + key] = value
             # eager even on a GPU: a minibatch step is a few large kernels (one GRU call)
-            return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
-                              self.generator)
+            return ppo_update(self.phases, samples, self.config, self.generator)
         mask = to_device(valid, self.device)
         inputs = {key: value[mask] for key, value in inputs.items()}  # the valid steps
         values = batch.extras["value"] if "value" in batch.extras else self.batch_values(inputs, valid)
-        advantage, returns = gae(batch.reward, values, valid, self.config.gamma, self.config.gae_lambda)
+        advantage, returns = self.advantages_and_targets(batch, values)
         samples = {"logp": batch.extras["logp"][valid], "advantage": advantage[valid],
                    "return": returns[valid], "action": batch.action[valid]}
         samples = {k: to_device(v, self.device) for k, v in samples.items()}
         for key, value in inputs.items():
             samples["input_" + key] = value
         if not self.graphed:
-            return ppo_update(self.evaluate, samples, self.optimizer, params, self.config,
-                              self.generator)
+            return ppo_update(self.phases, samples, self.config, self.generator)
         if self._graphed_update is None:
             capacity = valid.size  # every step of every trial: the most an iteration yields
-            self._graphed_update = GraphedPPOUpdate(self.evaluate, samples, capacity,
-                                                    self.optimizer, params, self.config)
-        return self._graphed_update(samples, self.generator)
+            self._graphed_update = [GraphedPPOUpdate(phase, samples, capacity, self.config)
+                                    for phase in self.phases]
+        return graphed_update(self._graphed_update, samples, self.config, self.generator)
+
+    def advantages_and_targets(self, batch: TrialBatch, values: np.ndarray):
+        """GAE advantages [N, T] and the value function's regression targets."""
+        config = self.config
+        advantage, lambda_returns = gae(batch.reward, values, batch.valid, config.gamma,
+                                        config.gae_lambda)
+        if config.value_target == "discounted_return":
+            return advantage, discounted_returns(batch.reward, batch.valid, config.gamma)
+        return advantage, lambda_returns
 
     @torch.no_grad()
     def batch_values(self, inputs: dict[str, torch.Tensor], valid: np.ndarray,
@@ -220,32 +271,56 @@ class PPOAgent(Agent):
 
     def evaluate(self, minibatch: dict[str, torch.Tensor]):
         """(log-prob, entropy, value) of a minibatch of samples under the current model."""
-        inputs = {k[len("input_"):]: v for k, v in minibatch.items() if k.startswith("input_")}
-        mean, value = self.model(inputs)
-        log_std = self.model.log_std.expand_as(mean)
+        mean, value = self.model(model_inputs(minibatch))
+        log_std = self.action_log_std().expand_as(mean)
         return gaussian_log_prob(mean, log_std, minibatch["action"]), gaussian_entropy(log_std), value
+
+    def evaluate_policy(self, minibatch: dict[str, torch.Tensor]):
+        """(log-prob, entropy) for the policy phase; agents whose model can skip the value
+        override this."""
+        return self.evaluate(minibatch)[:2]
+
+    def evaluate_value(self, minibatch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Values for the value phase; agents whose model can skip the policy override this."""
+        return self.evaluate(minibatch)[2]
+
+    def action_log_std(self) -> torch.Tensor:
+        """The policy's log std [act_dim] as acting and learning use it."""
+        return self.model.log_std
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "generator": self.generator.get_state(),
+                 "update_steps": [phase.steps for phase in self.phases]}
+        if len(self.phases) > 1:
+            state["value_optimizer"] = self.phases[1].optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = [state["optimizer"]] + ([state["value_optimizer"]] if len(self.phases) > 1 else [])
+        # checkpoints from before the lr schedules: constant lrs, whose clock does not matter
+        steps = state.get("update_steps", [0] * len(self.phases))
+        for phase, optimizer_state, step_count in zip(self.phases, saved, steps):
+            phase.optimizer.load_state_dict(optimizer_state)
+            phase.steps = step_count
+            self._match_device(phase.optimizer)
         self.generator.set_state(state["generator"])
-        # a checkpoint may come from the other path (GPU graphs <-> eager): match this one
-        for group in self.optimizer.param_groups:
+        self._graphed_update = None
+
+    def _match_device(self, optimizer: torch.optim.Optimizer) -> None:
+        """A checkpoint may come from the other path (GPU graphs <-> eager): match this one."""
+        for group in optimizer.param_groups:
             lr = float(group["lr"])
             group["lr"] = torch.tensor(lr, device=self.device) if self.graphed else lr
             group["fused"] = self.graphed or None
             group["capturable"] = self.graphed
             for param in group["params"]:
-                step = self.optimizer.state.get(param, {}).get("step")
+                step = optimizer.state.get(param, {}).get("step")
                 if isinstance(step, torch.Tensor):
-                    self.optimizer.state[param]["step"] = (
+                    optimizer.state[param]["step"] = (
                         step.to(self.device, torch.float32) if self.graphed else step.cpu())
-        self._graphed_update = None
 
 
 class RecurrentPPOAgent(PPOAgent):
@@ -329,6 +404,11 @@ def compile_model(model: nn.Module) -> bool:
     log.warning("torch_compile: %s not found, so the model runs uncompiled (slower GPU "
                 "steps, the same model; --set torch_compile=false silences this)", missing)
     return False
+
+
+def model_inputs(minibatch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's inputs among a minibatch's samples (stored as ``input_<name>``)."""
+    return {k[len("input_"):]: v for k, v in minibatch.items() if k.startswith("input_")}
 
 
 def pack(action: torch.Tensor, logp: torch.Tensor, value: torch.Tensor | None) -> list[torch.Tensor]:
