@@ -78,8 +78,8 @@ def test_finished_run_is_not_retrained_and_can_be_extended(tmp_path):
 def test_run_older_than_a_hyperparameter_resumes_at_its_default(tmp_path):
     """A run started before `target_kl` and `minibatch_steps` existed: it resumes (the new key
     at the default the run behaved as is no change), config.yaml gains the key, and
-    metrics.csv keeps its header. (TrMRL's defaults v3 set target_kl, so an older TrMRL run
-    resumes only with --set target_kl=0: the check compares against the current defaults.)"""
+    metrics.csv keeps its header. (An older TrMRL run resumes only with the --set values of
+    its own defaults version: the check compares against the current defaults, v4.)"""
     run = tmp_path / "run"
     assert main(train_args(run, steps=160, agent="oracle")) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())

@@ -11,7 +11,7 @@ from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.agents.reference import MemorylessAgent, OracleAgent, ReferenceConfig
 from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig, WorkingMemoryEncoder, window_attention
-from trmrl.ppo import PPOConfig, UpdatePhase, gae, gaussian_log_prob, joint_loss, ppo_update
+from trmrl.ppo import JointLoss, PPOConfig, UpdatePhase, gae, gaussian_log_prob, ppo_update
 from trmrl.sampling import TrialSampler
 
 TINY = dict(layers=2, heads=2, d_model=16, d_ff=32, wm_size=4, trials_per_update=4,
@@ -184,7 +184,7 @@ def test_gae_on_a_known_trial():
 
 
 def joint_phase(evaluate, optimizer, param, config):
-    return [UpdatePhase(joint_loss(evaluate, config), optimizer, [param])]
+    return [UpdatePhase(JointLoss(evaluate, config), optimizer, [param])]
 
 
 def test_clipped_surrogate_on_a_known_batch():

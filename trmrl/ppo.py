@@ -229,41 +229,53 @@ def value_term(value, target, w, config: PPOConfig, log_std: torch.Tensor | None
     return 0.5 * (w * (value - target).pow(2)).sum()
 
 
-def joint_loss(evaluate: Evaluate, config: PPOConfig,
-               value_log_std: torch.Tensor | None = None) -> MinibatchLoss:
-    """Policy and value loss in one (``update_order`` "joint")."""
-    def loss_fn(minibatch, weight):
-        log_prob, entropy, value = evaluate(minibatch)
+class JointLoss:
+    """Policy and value loss in one (``update_order`` "joint"). Losses are small objects rather
+    than closures so that a deep-copied agent's phases use the copy's model."""
+
+    def __init__(self, evaluate: Evaluate, config: PPOConfig,
+                 value_log_std: torch.Tensor | None = None):
+        self.evaluate, self.config, self.value_log_std = evaluate, config, value_log_std
+
+    def __call__(self, minibatch, weight):
+        config = self.config
+        log_prob, entropy, value = self.evaluate(minibatch)
         w = weight / weight.sum()
         policy_loss, mean_entropy, kl, clipped = policy_terms(log_prob, entropy, minibatch, w, config)
-        value_loss = value_term(value, minibatch["return"], w, config, value_log_std)
+        value_loss = value_term(value, minibatch["return"], w, config, self.value_log_std)
         loss = policy_loss + value_loss - config.entropy_coef * mean_entropy
         stats = torch.stack([loss, policy_loss, value_loss, mean_entropy, kl, clipped]).detach()
         return loss, stats
-    return loss_fn
 
 
-def policy_loss(evaluate_policy, config: PPOConfig) -> MinibatchLoss:
+class PolicyLoss:
     """The policy phase of "policy_then_value": ``evaluate_policy`` -> (log_prob, entropy)."""
-    def loss_fn(minibatch, weight):
-        log_prob, entropy = evaluate_policy(minibatch)
+
+    def __init__(self, evaluate_policy, config: PPOConfig):
+        self.evaluate_policy, self.config = evaluate_policy, config
+
+    def __call__(self, minibatch, weight):
+        log_prob, entropy = self.evaluate_policy(minibatch)
         w = weight / weight.sum()
-        loss, mean_entropy, kl, clipped = policy_terms(log_prob, entropy, minibatch, w, config)
-        loss = loss - config.entropy_coef * mean_entropy
+        loss, mean_entropy, kl, clipped = policy_terms(log_prob, entropy, minibatch, w, self.config)
+        loss = loss - self.config.entropy_coef * mean_entropy
         zero = torch.zeros((), device=loss.device)
         return loss, torch.stack([loss, loss, zero, mean_entropy, kl, clipped]).detach()
-    return loss_fn
 
 
-def value_loss(evaluate_value, config: PPOConfig,
-               value_log_std: torch.Tensor | None = None) -> MinibatchLoss:
+class ValueLoss:
     """The value phase of "policy_then_value": ``evaluate_value`` -> value."""
-    def loss_fn(minibatch, weight):
+
+    def __init__(self, evaluate_value, config: PPOConfig,
+                 value_log_std: torch.Tensor | None = None):
+        self.evaluate_value, self.config, self.value_log_std = evaluate_value, config, value_log_std
+
+    def __call__(self, minibatch, weight):
         w = weight / weight.sum()
-        loss = value_term(evaluate_value(minibatch), minibatch["return"], w, config, value_log_std)
+        loss = value_term(self.evaluate_value(minibatch), minibatch["return"], w, self.config,
+                          self.value_log_std)
         zero = torch.zeros((), device=loss.device)
         return loss, torch.stack([loss, zero, loss, zero, zero, zero]).detach()
-    return loss_fn
 
 
 @dataclass

@@ -33,7 +33,7 @@ class RunConfig:
     num_workers: int = 0  # sampler worker processes (0: step the envs in the trainer's process)
     # with workers: act for one half of the envs while the workers step the other half. Pays
     # with many envs per worker (512 trials on 15 workers: +17% env steps/s on an H100), costs
-    # with few (the paper config's 20 on 8: -17%, two policy calls per step instead of one)
+    # with few (20 trials on 8 workers: -17%, two policy calls per step instead of one)
     pipeline_sampling: bool = False
     horizon: int | None = None  # episode length; None: the suite's
     episodes_per_trial: int | None = None  # episodes per trial (K); None: the suite's

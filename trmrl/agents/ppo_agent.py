@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 
 from trmrl.agents.base import Agent, IterationResult
-from trmrl.ppo import (GraphedPPOUpdate, PPOConfig, UpdatePhase, discounted_returns, gae,
-                       gaussian_entropy, gaussian_log_prob, graphed_update, joint_loss,
-                       make_optimizer, policy_loss, ppo_update, value_loss)
+from trmrl.ppo import (GraphedPPOUpdate, JointLoss, PolicyLoss, PPOConfig, UpdatePhase, ValueLoss,
+                       discounted_returns, gae, gaussian_entropy, gaussian_log_prob,
+                       graphed_update, make_optimizer, ppo_update)
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class PPOAgent(Agent):
             optimizer = make_optimizer(
                 [("policy", policy, config.lr_policy, config.lr_schedule_policy),
                  ("value", value, config.lr_value, config.lr_schedule_value)], config, graphed)
-            return [UpdatePhase(joint_loss(self.evaluate, config, log_std), optimizer,
+            return [UpdatePhase(JointLoss(AgentMethod(self, "evaluate"), config, log_std), optimizer,
                                 list(self.model.parameters()), steps_per_epoch)]
         # "policy_then_value": as released, the value optimiser holds every parameter the
         # value function owns, the policy included when it reads the policy's encoder
@@ -108,9 +108,11 @@ class PPOAgent(Agent):
             [("policy", policy, config.lr_policy, config.lr_schedule_policy)], config, graphed)
         value_optimizer = make_optimizer(
             [("value", value, config.lr_value, config.lr_schedule_value)], config, graphed)
-        return [UpdatePhase(policy_loss(self.evaluate_policy, config), policy_optimizer, policy,
+        return [UpdatePhase(PolicyLoss(AgentMethod(self, "evaluate_policy"), config),
+                            policy_optimizer, policy,
                             steps_per_epoch, checks_kl=True, keep_zero_grads=True),
-                UpdatePhase(value_loss(self.evaluate_value, config, log_std), value_optimizer,
+                UpdatePhase(ValueLoss(AgentMethod(self, "evaluate_value"), config, log_std),
+                            value_optimizer,
                             value, steps_per_epoch, checks_kl=False, keep_zero_grads=True)]
 
     def nominal_samples(self) -> int:
@@ -321,6 +323,17 @@ class PPOAgent(Agent):
                 if isinstance(step, torch.Tensor):
                     optimizer.state[param]["step"] = (
                         step.to(self.device, torch.float32) if self.graphed else step.cpu())
+
+
+class AgentMethod:
+    """``agent.<name>(...)``, looked up at each call (so a wrapped method is the one used) and
+    copied along with the agent by ``copy.deepcopy``, which a bound method in a closure is not."""
+
+    def __init__(self, agent: PPOAgent, name: str):
+        self.agent, self.name = agent, name
+
+    def __call__(self, *args):
+        return getattr(self.agent, self.name)(*args)
 
 
 class RecurrentPPOAgent(PPOAgent):
