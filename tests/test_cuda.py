@@ -25,8 +25,18 @@ def agent_pair(**overrides):
     return graphed, eager
 
 
-@pytest.mark.parametrize("overrides", [{}, {"center_advantages": True, "max_grad_norm": 0.5,
-                                            "lr_decay": 0.9}])
+RELEASED = {"update_order": "policy_then_value", "value_loss": "gaussian_nll",
+            "value_target": "discounted_return", "weight_decay": 0.01, "lr_schedule_policy": "decay",
+            "lr_schedule_value": "decay", "lr_decay_start": 0, "lr_decay_end": 3,
+            "lr_min_factor": 0.1, "episode_start_memory": "reset",
+            "window_positions": "from_episode_start", "ff_bias_init": "torch", "min_std": 1e-6}
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"center_advantages": True, "max_grad_norm": 0.5, "lr_decay": 0.9},
+    {**RELEASED, "shared_encoder": False, "separate_value_encoder": False},  # defaults v4
+    {**RELEASED, "shared_encoder": True}],  # v4 with the value optimiser holding the policy
+    ids=["joint", "joint-clipped", "released", "released-shared"])
 def test_graphed_update_matches_eager(overrides):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -46,9 +56,11 @@ def test_graphed_update_matches_eager(overrides):
     moved = max((pe - p0).abs().max().item() for pe, p0 in zip(eager.model.parameters(), initial))
     for (name, pg), pe in zip(graphed.model.named_parameters(), eager.model.parameters()):
         assert (pg - pe).abs().max().item() <= 0.1 * moved, name
-    lr_g = [float(g["lr"]) for g in graphed.optimizer.param_groups]
-    lr_e = [float(g["lr"]) for g in eager.optimizer.param_groups]
-    assert lr_g == pytest.approx(lr_e)
+    for phase_g, phase_e in zip(graphed.phases, eager.phases):
+        assert phase_g.steps == phase_e.steps
+        lr_g = [float(g["lr"]) for g in phase_g.optimizer.param_groups]
+        lr_e = [float(g["lr"]) for g in phase_e.optimizer.param_groups]
+        assert lr_g == pytest.approx(lr_e)
 
 
 @pytest.mark.parametrize("deterministic", [True, False])

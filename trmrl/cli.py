@@ -125,7 +125,8 @@ def cmd_agents(args) -> None:
                    for env in ENV_NAMES}
         agents.append({"name": name, "defaults_version": data["version"],
                        "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
-                       "keys": sorted(fields), "defaults": per_env})
+                       "keys": sorted(fields), "defaults": per_env,
+                       "presets": data.get("presets") or {}})
     if args.json:
         print(json.dumps({"agents": agents, "not_implemented": list(PLANNED)}, indent=2))
         return
@@ -138,6 +139,9 @@ def cmd_agents(args) -> None:
             diff = {k: v for k, v in agent["defaults"][env].items() if base.get(k) != v}
             if diff:
                 print(f"  {env}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in diff.items()))
+        for preset, values in agent["presets"].items():
+            print(f"  preset {preset} (--set preset={preset}): "
+                  + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
         print()
     if PLANNED:
         print("not implemented yet: " + ", ".join(PLANNED))
