@@ -67,7 +67,10 @@ FIGURES = {  # env -> {panel title -> {run directory: legend}}
 
 
 def test_curve(env: str, name: str) -> pd.DataFrame | None:
-    path = HERE / "runs" / env / name / "seed0" / "progress.csv"
+    """The mean test return per evaluation of a reference run, or of an exploratory variant
+    (``agent--variant``, kept under exploration/)."""
+    folder = HERE / "exploration" if "--" in name else HERE
+    path = folder / "runs" / env / name / "seed0" / "progress.csv"
     if not path.exists():
         return None
     table = pd.read_csv(path)
