@@ -30,7 +30,7 @@ Evaluation, two protocols (``eval_episodes_per_step``):
   as the MAML paper's test script and ProMP's post-update returns have it): for each test
   task, "episode" k of the trial is N episodes run with the parameters after k inner steps,
   its return their mean; step k+1 adapts on those N episodes. ``trmrl evaluate`` runs it
-  through ``evaluation_trials`` (a trial's N x K episodes are more than its sampler holds).
+  through ``evaluation_trials``, on a sampler of its own with N envs per task.
 * N = 1 (the protocol before defaults v3): episode 1 of a trial runs theta; at the start of
   each later episode the trial's parameters take one inner step on the episode just played.
   One 200-step episode is a small fraction of the data theta was meta-trained to step on,
@@ -43,7 +43,8 @@ generator re-seeded at every ``reset``, so evaluations are repeatable (and ident
 identical parameters).
 
 Deviation: the pre- and post-update episodes come from this package's sampler, one env per
-episode; garage samples the same counts with its own workers. Defaults and their sources:
+episode; ProMP and garage sample the same counts with their own workers (every difference
+from ProMP, and why: docs/agents/maml.md). Defaults and their sources:
 ``trmrl/configs/maml.yaml``.
 """
 
