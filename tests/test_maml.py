@@ -14,11 +14,12 @@ from baselines.maml.maml import (conjugate_gradient, episode_advantages, fit_bas
                                  policy_mean)
 from test_agent_contract import step_input
 from test_train import rows, sigkill_after_progress, train_args
-from toy_suite import ToySuite
+from toy_suite import ToyEnv, ToySuite
 from trmrl import config as cfg
 from trmrl.cli import main
 from trmrl.ppo import gaussian_kl, gaussian_log_prob
 from trmrl.sampling import TrialSampler
+from trmrl.train import load_run
 
 TINY = dict(hidden=(8,), trials_per_update=3, episodes_per_task=4)
 
@@ -209,6 +210,89 @@ def test_inactive_rows_record_nothing():
         step.active[1] = t == 0
         agent.act(step)
     assert agent._history["length"].tolist() == [3, 1]
+
+
+# -- evaluation: N episodes per inner step (eval_episodes_per_step) ---------------------------
+def record_inner_steps(agent, monkeypatch):
+    """The per-task sample counts (mask sums, [G]) of every inner step the agent takes."""
+    counts, inner_step = [], agent.inner_step
+
+    def counting(params, data, create_graph):
+        counts.append(data["mask"].sum(-1).tolist())
+        return inner_step(params, data, create_graph)
+    monkeypatch.setattr(agent, "inner_step", counting)
+    return counts
+
+
+@pytest.mark.parametrize("setting, per_step", [(3, 3), (None, 4)])
+def test_evaluation_steps_on_the_configured_number_of_episodes(monkeypatch, setting, per_step):
+    """Each inner step of the evaluation sees N whole episodes per task (None: as many as
+    meta-training's inner step, episodes_per_task = 4), and each reported return is the
+    mean over N fresh episodes with that step's parameters."""
+    agent = tiny_maml(eval_episodes_per_step=setting, episodes_per_task=4)
+    tasks = agent.suite.tasks("test", 0, 2)
+    counts = record_inner_steps(agent, monkeypatch)
+    consumed = ToyEnv.steps_taken
+    returns, success = agent.evaluation_trials(tasks, episodes=3, horizon=None, seed=7)
+    agent.close()
+    H = agent.suite.horizon
+    assert counts == [[per_step * H] * 2] * 2  # steps 1 and 2, each on N episodes per task
+    assert ToyEnv.steps_taken - consumed == 2 * 3 * per_step * H  # tasks x rows x N episodes
+    assert returns.shape == success.shape == (2, 3)
+    assert ((0 <= success) & (success <= 1)).all()
+
+
+def test_one_episode_per_step_leaves_evaluation_to_the_trials():
+    assert tiny_maml(eval_episodes_per_step=1).evaluation_trials(
+        ToySuite().tasks("test", 0, 2), episodes=3, horizon=None, seed=0) is None
+
+
+def test_evaluation_is_repeatable_and_leaves_the_training_state_alone():
+    agent = tiny_maml(eval_episodes_per_step=3)
+    tasks = agent.suite.tasks("test", 0, 2)
+    state = agent.state_dict()
+    first = agent.evaluation_trials(tasks, episodes=3, horizon=None, seed=7)
+    second = agent.evaluation_trials(tasks, episodes=3, horizon=None, seed=7)
+    agent.close()
+    for a, b in zip(first, second):  # one code path twice: bit for bit
+        np.testing.assert_array_equal(a, b)
+    after = agent.state_dict()
+    assert after["collect_calls"] == state["collect_calls"]
+    assert torch.equal(after["generator"], state["generator"])
+    assert all(torch.equal(p, q) for p, q in zip(after["theta"], state["theta"]))
+
+
+def test_evaluation_adapts_each_task_towards_its_target():
+    """Reward -(a - target)^2: one inner step on a task's 20 evaluation episodes moves its
+    action mean (about 0 at theta) towards its own target, so with targets away from 0 the
+    return after the step beats theta's (the mean gain over 12 tasks is many standard errors
+    wide; parameters mixed up between tasks would lose on half of them)."""
+    agent = tiny_maml(inner_lr=1.0, init_std=0.5, eval_episodes_per_step=20)
+    targets = [-0.9, -0.8, -0.7, -0.6, -0.5, -0.4, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    tasks = [agent.suite._task("test", i, t) for i, t in enumerate(targets)]
+    returns, _ = agent.evaluation_trials(tasks, episodes=2, horizon=None, seed=3)
+    agent.close()
+    gain = returns[:, 1] - returns[:, 0]
+    assert gain.mean() > 4 * gain.std() / math.sqrt(len(gain)), gain
+
+
+def test_trmrl_evaluate_runs_the_configured_protocol(tmp_path):
+    """`trmrl evaluate` writes what evaluation_trials computes for the trained agent, and an
+    empty latent file (MAML has no episodic memory)."""
+    run = tmp_path / "run"
+    extra = ["episodes_per_task=2", "hidden=[8]", "eval_episodes_per_step=3"]
+    assert main(train_args(run, steps=160, agent="maml", extra=extra)) == 0
+    out, latents = tmp_path / "a.csv", tmp_path / "z.npz"
+    assert main(["evaluate", "--run", str(run), "--protocol", "adaptation", "--out", str(out),
+                 "--device", "cpu", "--tasks", "3", "--episodes", "2", "--latents", str(latents)]) == 0
+    table = rows(out, drop_wall=False)[1:]
+    spec, agent = load_run(run, "cpu")
+    tasks = agent.suite.eval_tasks("test", spec.seed, 3)
+    expected, _ = agent.evaluation_trials(tasks, 2, spec.hyperparameters.horizon, spec.seed + 20_000)
+    agent.close()
+    written = np.array([float(r[3]) for r in table]).reshape(3, 2)
+    np.testing.assert_allclose(written, expected, atol=5e-5)  # the table rounds to 4 decimals
+    assert np.load(latents)["memory"].shape == (0, 0)
 
 
 # -- training ----------------------------------------------------------------------------------

@@ -114,6 +114,28 @@ def test_episode_zero_uses_the_prior_and_later_episodes_the_posterior_of_all_tra
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_exploration_episodes_keep_the_prior_then_the_posterior_sees_them_all():
+    """oyster's evaluation: with exploration_episodes 2, episodes 0 and 1 run fresh prior
+    draws and episode 2 the posterior of both episodes' transitions."""
+    agent = tiny_pearl(seed=3, exploration_episodes=2)
+    n, L = 2, agent.config.latent_dim
+    steps = random_steps(agent.suite, n, 9, episode_length=4)  # episodes start at 0, 4, 8
+    _, z = act_sequence(agent, steps)
+    generator = torch.Generator().manual_seed(agent.eval_seed)
+    eps = [torch.randn((n, L), generator=generator) for _ in range(3)]
+    np.testing.assert_allclose(z[:, 0], eps[0].numpy(), rtol=0, atol=0)  # N(0, I) draws, as drawn
+    np.testing.assert_allclose(z[:, 4], eps[1].numpy(), rtol=0, atol=0)
+    context = np.stack([np.concatenate([steps[t - 1].obs, steps[t].prev_action,
+                                        steps[t].prev_reward[:, None]], -1)
+                        for t in range(1, 9)], 1)
+    with torch.no_grad():
+        mu, var = agent.nets.posterior(torch.from_numpy(context.astype(np.float32)))
+    # act infers it with a padding mask over the rows' steps: the same sums up to float32 rounding
+    np.testing.assert_allclose(z[:, 8], (mu + var.sqrt() * eps[2]).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(cfg.ConfigError, match="exploration_episodes"):
+        tiny_pearl(exploration_episodes=0)
+
+
 def test_the_posterior_depends_on_the_rows_transitions_and_reset_forgets():
     agent = tiny_pearl()
     same = random_steps(agent.suite, 2, 9, episode_length=4)

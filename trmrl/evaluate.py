@@ -3,6 +3,11 @@
 Both run 20 held-out tasks (``test`` split, or ``ood``) for 6 consecutive episodes with the
 agent's memory kept across them and deterministic actions, and write one row per
 (task, episode): ``task, task_param, episode, return, success``.
+
+An agent whose adaptation step needs more data than one episode of the trial (MAML-TRPO's
+inner step on as many episodes as meta-training gave it) has a method
+``evaluation_trials(tasks, episodes, horizon, seed)`` that returns the returns and success
+rates [tasks, episodes] of its own protocol, or None to be run in the trials as above.
 """
 
 from __future__ import annotations
@@ -40,27 +45,45 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
     tasks = suite.eval_tasks(split, spec.seed, num_tasks)
     hp = spec.hyperparameters
     agent.record_memory = latents is not None
+    own_trials = getattr(agent, "evaluation_trials", None)
+    batch = None
     try:
-        with TrialSampler(suite, len(tasks), horizon=hp.horizon, episodes_per_trial=episodes,
-                          seed=spec.seed + 20_000) as sampler:
-            batch = sampler.run(agent, tasks, deterministic=True, call=0)
+        result = own_trials(tasks, episodes, hp.horizon, spec.seed + 20_000) if own_trials else None
+        if result is None:
+            with TrialSampler(suite, len(tasks), horizon=hp.horizon, episodes_per_trial=episodes,
+                              seed=spec.seed + 20_000) as sampler:
+                batch = sampler.run(agent, tasks, deterministic=True, call=0)
+            result = batch.episode_return, batch.episode_success
     finally:
         agent.close()
     if latents is not None:
         _save_latents(Path(latents), batch, tasks, latent_stride)
+    episode_return, episode_success = result
     lines = [EVAL_COLUMNS]
-    for task, returns, successes in zip(tasks, batch.episode_return, batch.episode_success):
+    for task, returns, successes in zip(tasks, episode_return, episode_success):
         for episode, (ret, success) in enumerate(zip(returns, successes)):
             lines.append([task.index, f"{task.value:.6g}", episode, f"{ret:.4f}",
-                          "" if np.isnan(success) else int(success)])
+                          _success_cell(success)])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(",".join(str(v) for v in line) for line in lines) + "\n"
     atomic_write_bytes(out, text.encode())
-    return batch.episode_return
+    return episode_return
+
+
+def _success_cell(success: float) -> str:
+    """0/1 for one episode; a rate where an agent's own protocol averages several."""
+    if np.isnan(success):
+        return ""
+    return str(int(success)) if float(success).is_integer() else f"{success:.4f}"
 
 
 def _save_latents(path: Path, batch, tasks, stride: int) -> None:
+    if batch is None:  # an agent's own protocol (MAML): no episodic memory, nothing to save
+        empty = {"memory": np.zeros((0, 0), np.float32), "task": np.zeros(0, np.int64),
+                 "task_param": np.zeros(0), "episode": np.zeros(0, np.int64),
+                 "step": np.zeros(0, np.int64)}
+        return _write_npz(path, empty)
     step_in_episode = np.zeros_like(batch.episode_index, dtype=np.int64)
     for n in range(batch.num_trials):  # position inside the episode, from the episode starts
         starts = np.flatnonzero(batch.episode_start[n])
@@ -74,6 +97,10 @@ def _save_latents(path: Path, batch, tasks, stride: int) -> None:
               "episode": batch.episode_index[keep].astype(np.int64), "step": step_in_episode[keep]}
     if memory is None:
         arrays = {k: (v if k == "memory" else v[:0]) for k, v in arrays.items()}
+    _write_npz(path, arrays)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)

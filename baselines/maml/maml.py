@@ -24,15 +24,27 @@ One meta-iteration, for a meta-batch of training tasks:
 Tasks differ only in their parameters, so the per-task copies theta_i are one tensor with a
 leading task dimension, and the inner step for every task is one backward pass.
 
-Evaluation (the fast-adaptation protocol): episode 1 of a trial runs theta; at the start of
-each later episode the trial's parameters take one inner step on the episode just played, so
-episode k runs theta after k-1 steps, each on on-policy data. Actions are always sampled:
-the policy gradient of a mean action is zero, so MAML cannot adapt from deterministic
-episodes. With ``deterministic=True`` the noise comes from a generator re-seeded at every
-``reset``, so evaluations are repeatable (and identical for identical parameters).
+Evaluation, two protocols (``eval_episodes_per_step``):
+
+* N > 1 (defaults v3: N = ``episodes_per_task``, the data of one meta-training inner step,
+  as the MAML paper's test script and ProMP's post-update returns have it): for each test
+  task, "episode" k of the trial is N episodes run with the parameters after k inner steps,
+  its return their mean; step k+1 adapts on those N episodes. ``trmrl evaluate`` runs it
+  through ``evaluation_trials``, on a sampler of its own with N envs per task.
+* N = 1 (the protocol before defaults v3): episode 1 of a trial runs theta; at the start of
+  each later episode the trial's parameters take one inner step on the episode just played.
+  One 200-step episode is a small fraction of the data theta was meta-trained to step on,
+  and such a step can make the policy worse (docs/agents/maml.md). The periodic test
+  evaluation of ``trmrl train`` (progress.csv) always runs this one, inside its trials.
+
+Actions are always sampled: the policy gradient of a mean action is zero, so MAML cannot
+adapt from deterministic episodes. With ``deterministic=True`` the noise comes from a
+generator re-seeded at every ``reset``, so evaluations are repeatable (and identical for
+identical parameters).
 
 Deviation: the pre- and post-update episodes come from this package's sampler, one env per
-episode; garage samples the same counts with its own workers. Defaults and their sources:
+episode; ProMP and garage sample the same counts with their own workers (every difference
+from ProMP, and why: docs/agents/maml.md). Defaults and their sources:
 ``trmrl/configs/maml.yaml``.
 """
 
@@ -70,9 +82,16 @@ class MAMLConfig(RunConfig):
     cg_damping: float = 1e-5  # added to the Fisher-vector product (F + damping I) x
     backtrack_ratio: float = 0.8  # line search: step *= ratio until accepted
     max_backtracks: int = 15  # line search: tries before the step is rejected
+    # `trmrl evaluate`: episodes each inner step adapts on (and each reported return averages),
+    # all run with that step's parameters; None = episodes_per_task, as meta-training's inner
+    # step (the MAML paper, ProMP); 1 = one step per episode of the trial (before defaults v3)
+    eval_episodes_per_step: int | None = 1
 
     def validate(self) -> None:
         super().validate()
+        if self.eval_episodes_per_step is not None and self.eval_episodes_per_step <= 0:
+            raise ConfigError("eval_episodes_per_step must be a positive integer or null "
+                              f"(= episodes_per_task), got {self.eval_episodes_per_step!r}")
         for name in ("episodes_per_task", "inner_lr", "max_kl", "cg_iters", "max_backtracks",
                      "init_std", "action_scale"):
             if getattr(self, name) <= 0:
@@ -189,6 +208,7 @@ class MAMLAgent(Agent):
         self.eval_generator = torch.Generator()  # re-seeded per reset: repeatable evaluations
         self.eval_seed = seed + 2
         self.collect_calls = 0  # reset-seed index of the agent's own sampler
+        self._collect_noise_seed: int | None = None  # evaluation_trials' noise seed per step
         self._sampler: TrialSampler | None = None
         self._collecting: Params | None = None  # params per task while collecting, else None
         # env action = centre + policy action * half_range / action_scale
@@ -198,7 +218,8 @@ class MAMLAgent(Agent):
 
     # -- acting: a trial = theta, then one inner step per finished episode ------------------
     def reset(self, num_trials: int) -> None:
-        self.eval_generator.manual_seed(self.eval_seed)
+        self.eval_generator.manual_seed(
+            self.eval_seed if self._collect_noise_seed is None else self._collect_noise_seed)
         if self._collecting is not None:  # train_iteration chose the parameters
             self._rows_params = self._collecting
             self._history = None
@@ -309,16 +330,51 @@ class MAMLAgent(Agent):
                               for g in range(groups)])
         return self._to_torch(obs, action, advantage, mask)
 
-    def _collect(self, sampler: TrialSampler, tasks, params: Params) -> TrialBatch:
-        E = self.config.episodes_per_task
+    def _collect(self, sampler: TrialSampler, tasks, params: Params, episodes: int,
+                 eval_step: int | None = None) -> TrialBatch:
+        """``episodes`` one-episode trials per task (rows task-major), task i acting with
+        ``params`` group i. Training collections (``eval_step`` None) draw their noise from
+        the training generator and advance the reset seeds; evaluation step k reuses reset
+        seeds call k and noise seeded by (eval_seed, k), and leaves the training state alone."""
         self._collecting = params
+        if eval_step is not None:
+            self._collect_noise_seed = int(np.random.SeedSequence(
+                [self.eval_seed, eval_step]).generate_state(1)[0])
         try:
-            batch = sampler.run(self, [task for task in tasks for _ in range(E)],
-                                call=self.collect_calls)
+            batch = sampler.run(self, [task for task in tasks for _ in range(episodes)],
+                                deterministic=eval_step is not None,
+                                call=self.collect_calls if eval_step is None else eval_step)
         finally:
             self._collecting = None
-        self.collect_calls += 1
+            self._collect_noise_seed = None
+        if eval_step is None:
+            self.collect_calls += 1
         return batch
+
+    def evaluation_trials(self, tasks, episodes: int, horizon: int | None,
+                          seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The protocol of ``eval_episodes_per_step`` = N > 1 (module docstring): returns
+        and success rates [tasks, episodes], entry [i, k] the mean over N episodes of task i
+        with the parameters after k inner steps. None where N = 1: the evaluation's own
+        trials serve (one inner step per episode, in ``act``)."""
+        N = self.config.eval_episodes_per_step or self.config.episodes_per_task
+        if N == 1:
+            return None
+        G = len(tasks)
+        returns = np.zeros((G, episodes))
+        success = np.full((G, episodes), np.nan, np.float32)
+        with torch.no_grad():
+            params = [p.detach().clone() for p in grouped(self.theta, G)]
+        with TrialSampler(self.suite, G * N, horizon=horizon, episodes_per_trial=1,
+                          num_workers=min(self.config.num_workers, G * N), seed=seed) as sampler:
+            for k in range(episodes):
+                batch = self._collect(sampler, tasks, params, N, eval_step=k)
+                returns[:, k] = batch.episode_return.reshape(G, N).mean(1)
+                if self.suite.has_success:
+                    success[:, k] = batch.episode_success.reshape(G, N).mean(1)
+                if k + 1 < episodes:  # step k+1 adapts on the N episodes of step k
+                    params = self.inner_step(params, self.task_data(batch, G), create_graph=False)
+        return returns, success
 
     def _own_sampler(self, trainer_sampler: TrialSampler, rows: int) -> TrialSampler:
         """One env per episode of the meta-batch, one-episode trials."""
@@ -334,10 +390,10 @@ class MAMLAgent(Agent):
         collector = self._own_sampler(sampler, G * config.episodes_per_task)
         with torch.no_grad():
             theta_rows = [p.detach().clone() for p in grouped(self.theta, 1)]
-        pre = self._collect(collector, tasks, theta_rows)
+        pre = self._collect(collector, tasks, theta_rows, config.episodes_per_task)
         pre_data = self.task_data(pre, G)
         adapted = self.inner_step(grouped(self.theta, G), pre_data, create_graph=False)
-        post = self._collect(collector, tasks, adapted)
+        post = self._collect(collector, tasks, adapted, config.episodes_per_task)
         post_data = self.task_data(post, G)
         metrics = self.outer_step(pre_data, post_data)
 
