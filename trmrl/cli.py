@@ -39,6 +39,15 @@ def _positive_integer(name: str):
     return parse
 
 
+def _bounded_integer(name: str, limit: int):
+    def parse(text: str) -> int:
+        value = _positive_integer(name)(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{name} must be at most {limit}, got {text!r}")
+        return value
+    return parse
+
+
 def _choice(name: str, valid: tuple[str, ...]):
     def parse(text: str) -> str:
         if text not in valid:
@@ -185,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--env", required=True, type=env_choice)
     tasks.add_argument("--split", required=True, type=split_choice)
     tasks.add_argument("--seed", required=True, type=_integer("seed"))
-    tasks.add_argument("--n", type=_positive_integer("n"), default=None,
+    # each task is a few hundred bytes: a cap keeps a typo from filling the memory
+    tasks.add_argument("--n", type=_bounded_integer("n", 1_000_000), default=None,
                        help="at most this many tasks (sampled train splits: default 20)")
     tasks.add_argument("--json", action="store_true")
     tasks.set_defaults(func=cmd_tasks)
@@ -243,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"trmrl: error: {error}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print("trmrl: error: out of memory; use smaller sizes (trials_per_update, horizon, "
+              "model sizes) or a machine with more memory", file=sys.stderr)
+        return 1
     except Terminated as error:  # SIGTERM: the exit status of a process it killed
         print(f"trmrl: {error}", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -252,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `trmrl envs | head`
         sys.stderr.close()
         return 0
+    except OSError as error:  # a full disk, a file system gone read-only: the run failed
+        print(f"trmrl: error: {error}; a resumed run continues from its last checkpoint",
+              file=sys.stderr)
+        return 1
     return 0
 
 
