@@ -170,6 +170,38 @@ def cmd_train(args) -> None:
     train(spec, args.out)
 
 
+def cmd_validate(args) -> None:
+    """Resolve planned runs as `trmrl train` would, without training: the workflow's check of
+    every hyperparameter value before any job starts. stdin: a JSON list of
+    {"agent", "env", "seed", "steps" (null: the package's), "set": ["key=value", ...]}."""
+    from trmrl import config as cfg
+    from trmrl.train import resolve
+
+    try:
+        runs = json.load(sys.stdin)
+        if not isinstance(runs, list):
+            raise ValueError("expected a JSON list of runs")
+    except ValueError as error:
+        raise UserError(f"validate: stdin is not a JSON list of runs ({error})") from None
+    checked = {}  # one check per distinct (agent, env, steps, overrides): seeds only differ
+    for run in runs:
+        label = f"{run.get('agent')} on {run.get('env')}, seed {run.get('seed')}"
+        key = json.dumps({k: v for k, v in run.items() if k != "seed"}, sort_keys=True)
+        try:
+            seed = run.get("seed")
+            if key in checked:
+                from trmrl.train import MAX_SEED
+                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                    raise UserError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+                continue
+            resolve(run["agent"], run["env"], seed, run.get("steps"), "cpu",
+                    cfg.parse_overrides(run.get("set", [])))
+            checked[key] = True
+        except UserError as error:
+            raise UserError(f"{label}: {error}") from None
+    print(f"{len(runs)} runs: hyperparameters valid")
+
+
 def cmd_evaluate(args) -> None:
     from trmrl.evaluate import evaluate
 
@@ -240,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--latents", default=None, metavar="FILE.npz",
                           help="also save the agent's episodic memories (latent maps)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    validate = sub.add_parser("validate", help="check planned runs' hyperparameters (JSON on "
+                              "stdin), as the workflow does before any job starts")
+    validate.set_defaults(func=cmd_validate)
     return parser
 
 
