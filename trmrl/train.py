@@ -368,6 +368,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     removed again if the run fails before its config.yaml is written."""
     run_dir = Path(run_dir)
     check_dir_writable(run_dir, "--out")
+    if not (run_dir / CONFIG).exists() and not is_fresh(run_dir):  # not ours: touch nothing
+        raise RunError(f"{run_dir} exists and is not a trmrl run directory; use another --out")
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
