@@ -48,6 +48,15 @@ def _bounded_integer(name: str, limit: int):
     return parse
 
 
+def _seed(text: str) -> int:
+    from trmrl.config import MAX_SEED
+
+    value = _integer("seed")(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, {MAX_SEED}], got {text!r}")
+    return value
+
+
 def _choice(name: str, valid: tuple[str, ...]):
     def parse(text: str) -> str:
         if text not in valid:
@@ -190,9 +199,8 @@ def cmd_validate(args) -> None:
         try:
             seed = run.get("seed")
             if key in checked:
-                from trmrl.train import MAX_SEED
-                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-                    raise UserError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= cfg.MAX_SEED:
+                    raise UserError(f"seed must be an integer in [0, {cfg.MAX_SEED}], got {seed!r}")
                 continue
             resolve(run["agent"], run["env"], seed, run.get("steps"), "cpu",
                     cfg.parse_overrides(run.get("set", [])))
@@ -225,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="the task parameters of one split")
     tasks.add_argument("--env", required=True, type=env_choice)
     tasks.add_argument("--split", required=True, type=split_choice)
-    tasks.add_argument("--seed", required=True, type=_integer("seed"))
+    tasks.add_argument("--seed", required=True, type=_seed)
     # each task is a few hundred bytes: a cap keeps a typo from filling the memory
     tasks.add_argument("--n", type=_bounded_integer("n", 1_000_000), default=None,
                        help="at most this many tasks (sampled train splits: default 20)")
@@ -235,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout = sub.add_parser("rollout", help="run random-action trials on a split")
     rollout.add_argument("--env", required=True, type=env_choice)
     rollout.add_argument("--split", default="test", type=split_choice)
-    rollout.add_argument("--seed", default=0, type=_integer("seed"))
+    rollout.add_argument("--seed", default=0, type=_seed)
     rollout.add_argument("--trials", default=4, type=_positive_integer("trials"))
     rollout.add_argument("--horizon", default=None, type=_positive_integer("horizon"))
     rollout.add_argument("--episodes", default=None, type=_positive_integer("episodes"))
@@ -250,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="meta-train an agent (resumes from RUN_DIR)")
     train.add_argument("--agent", required=True)
     train.add_argument("--env", required=True, type=env_choice)
-    train.add_argument("--seed", required=True, type=_integer("seed"))
+    train.add_argument("--seed", required=True, type=_seed)
     train.add_argument("--out", required=True, metavar="RUN_DIR")
     train.add_argument("--steps", type=_positive_integer("steps"), default=None,
                        help="env-step budget (default: the paper's for this env)")

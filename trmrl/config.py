@@ -19,6 +19,7 @@ import yaml
 
 from trmrl.errors import ConfigError
 
+MAX_SEED = 2**32 - 1  # numpy and torch seed from it (torch.manual_seed takes < 2**64)
 MAX_LAYER_WIDTH = 65_536  # units of one layer in a size tuple (hidden=[64, 64]): memory-sane
 
 

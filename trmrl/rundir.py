@@ -58,11 +58,11 @@ class RunLock:
                                "of this run); wait for it to end or use another directory") from None
             raise RunError(f"cannot lock {self.path} ({error.strerror}); this file system "
                            "does not support flock") from None
-        if not self.shared:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-            handle.flush()
+        # the latest holder names itself (evaluations holding it shared: one of them)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        handle.flush()
         self.handle = handle
         return self
 

@@ -46,7 +46,7 @@ PROGRESS_COLUMNS = ["env_steps", "wall_s", "split", "episode", "return", "succes
 OPERATIONAL_KEYS = ("steps", "num_workers", "pipeline_sampling", "checkpoint_every_s", "cuda_graphs",
                     "torch_compile")
 CHECKPOINT_FORMAT = 1
-MAX_SEED = 2**32 - 1  # numpy and torch seed from it (torch.manual_seed takes < 2**64)
+MAX_SEED = cfg.MAX_SEED
 
 
 @dataclass
