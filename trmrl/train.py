@@ -92,15 +92,14 @@ def resolve(agent: str, env: str, seed: int, steps: int | None = None, device: s
     if steps is not None:
         values["steps"] = steps
     hyperparameters = cfg.build(agent_class(agent).config_class, values, source="--set")
-    spec = RunSpec(agent, env, seed, resolve_device(device), hyperparameters, version)
-    check_against_suite(spec)
-    return spec
+    return RunSpec(agent, env, seed, resolve_device(device), hyperparameters, version)
 
 
-def check_against_suite(spec: RunSpec) -> None:
+def check_against_suite(spec: RunSpec, suite) -> None:
     """Values that are only out of range for the env: more evaluation tasks than its test split
-    holds (an error rather than a silent cap)."""
-    available = len(make_suite(spec.env).eval_tasks("test", spec.seed, spec.hyperparameters.eval_tasks))
+    holds (an error rather than a silent cap). Needs the suite, which takes a minute to build
+    for ML45: checked when training starts, not by `trmrl validate`."""
+    available = len(suite.eval_tasks("test", spec.seed, spec.hyperparameters.eval_tasks))
     if available < spec.hyperparameters.eval_tasks:
         raise cfg.ConfigError(f"eval_tasks={spec.hyperparameters.eval_tasks}: the test split of "
                               f"{spec.env} has {available} tasks; valid: 1..{available}")
@@ -408,6 +407,11 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(available_cpus())
     agent = build_agent(spec)
     suite = agent.suite
+    try:
+        check_against_suite(spec, suite)
+    except UserError:
+        agent.close()
+        raise
     sampler = TrialSampler(suite, hp.trials_per_update, horizon=hp.horizon,
                            episodes_per_trial=hp.episodes_per_trial,
                            num_workers=hp.num_workers if agent.collects_trainer_trials else 0,
