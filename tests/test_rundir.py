@@ -5,6 +5,7 @@ errors for bad input. Tiny cheetah-vel runs on CPU, as in test_train.py."""
 import csv
 import errno
 import io
+import json
 import os
 import pickle
 import signal
@@ -338,3 +339,17 @@ def test_a_full_disk_fails_in_one_line_and_leaves_no_temp_file(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No space left on device" in err, err
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_validate_resolves_planned_runs(capsys, monkeypatch):
+    """`trmrl validate`, the workflow's check before any job: a bad value names its run."""
+    plan = [{"agent": "trmrl", "env": "cheetah-vel", "seed": s, "steps": 1000, "set": ["layers=2"]}
+            for s in (0, 1)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(plan)))
+    assert main(["validate"]) == 0
+    plan[1]["set"] = ["epochs=0"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(plan)))
+    one_line_error(capsys, ["validate"], "seed 1", "epochs")
+    for text in ("nope", "[5]", '[{"env": "x"}]'):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+        one_line_error(capsys, ["validate"], "validate")

@@ -188,8 +188,8 @@ def cmd_validate(args) -> None:
 
     try:
         runs = json.load(sys.stdin)
-        if not isinstance(runs, list):
-            raise ValueError("expected a JSON list of runs")
+        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+            raise ValueError("expected a JSON list of objects")
     except ValueError as error:
         raise UserError(f"validate: stdin is not a JSON list of runs ({error})") from None
     checked = {}  # one check per distinct (agent, env, steps, overrides): seeds only differ
@@ -207,6 +207,9 @@ def cmd_validate(args) -> None:
             checked[key] = True
         except UserError as error:
             raise UserError(f"{label}: {error}") from None
+        except (KeyError, TypeError, AttributeError) as error:  # not a run's mapping
+            raise UserError(f"validate: {run!r} is not a run ({type(error).__name__}: "
+                            f"{error})") from None
     print(f"{len(runs)} runs: hyperparameters valid")
 
 
