@@ -74,7 +74,10 @@ def test_state_is_carried_across_episodes_of_a_trial():
             getattr(step, field)[1] = getattr(step, field)[0]
     steps[1].prev_reward[1] += 1.0  # ... except one reward early in the first episode
     mean, value = act_sequence(agent, steps)
-    assert np.array_equal(mean[0, 0], mean[1, 0]) and not np.allclose(mean[0, 1], mean[1, 1])
+    # two rows of one batch with equal inputs: a vectorised kernel (AVX-512) may round the
+    # rows differently, so they agree to float32 rounding, not bit for bit
+    np.testing.assert_allclose(mean[0, 0], mean[1, 0], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(mean[0, 1], mean[1, 1])
     for t in (4, 8):  # the first steps of later episodes still remember it
         assert not np.allclose(mean[0, t], mean[1, t], atol=1e-7)
         assert not np.allclose(value[0, t], value[1, t], atol=1e-7)

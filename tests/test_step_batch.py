@@ -1,4 +1,5 @@
-"""TaskSuite.step_batch, the sampler's step: bit for bit the per-env step, errors named by env."""
+"""TaskSuite.step_batch, the sampler's step: the per-env step (bit for bit but for the rewards'
+last bit), errors named by env."""
 
 import functools
 
@@ -30,9 +31,20 @@ def step_one_by_one(envs, actions):
     return np.stack(obs), np.array(reward), np.array(terminated)
 
 
+def assert_same_step(expected, got):
+    """Observations and terminations bit for bit (each env runs the same mj_step on the same
+    state either way); rewards to float64 rounding: the vectorised reward runs numpy's SIMD
+    kernels over all envs, the per-env one scalar code, and an AVX-512 exp/sum may round the
+    last bit differently. The physics never sees the reward, so such a bit cannot compound."""
+    (want_obs, want_reward, want_terminated), (obs, reward, terminated) = expected, got
+    np.testing.assert_array_equal(obs, want_obs)
+    np.testing.assert_allclose(reward, want_reward, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(terminated, want_terminated)
+
+
 @pytest.mark.parametrize("how", ["vectorised", "per-env reward", "TaskSuite default"])
 @pytest.mark.parametrize("name", LOCOMOTION)
-def test_step_batch_equals_per_env_steps_exactly(name, how):
+def test_step_batch_equals_per_env_steps(name, how):
     suite = make_suite(name)
     step_batch = suite.step_batch
     if how == "per-env reward":  # LocomotionSuite's fallback for suites without reward_batch
@@ -51,8 +63,7 @@ def test_step_batch_equals_per_env_steps_exactly(name, how):
         obs, reward, terminated, success = step_batch(batched, actions)
         assert obs.dtype == np.float64 and reward.dtype == np.float64
         assert terminated.dtype == np.bool_ and success is None
-        for want, got in zip(expected, (obs, reward, terminated)):
-            np.testing.assert_array_equal(got, want)
+        assert_same_step(expected, (obs, reward, terminated))
         for i in np.flatnonzero(terminated):
             np.testing.assert_array_equal(batched[i].reset(seed=100 + resets)[0],
                                           reference[i].reset(seed=100 + resets)[0])
@@ -74,8 +85,7 @@ def test_cached_views_follow_the_env_across_tasks_and_resets(name):
         for _ in range(5):
             actions = rng.uniform(-high, high, (2, high.size))
             expected = step_one_by_one(reference, actions)
-            for want, got in zip(expected, suite.step_batch(batched, actions)):
-                np.testing.assert_array_equal(got, want)
+            assert_same_step(expected, suite.step_batch(batched, actions)[:3])
         for envs in (reference, batched):
             for env, task in zip(envs, tasks[2:] if round_ % 2 == 0 else tasks[:2]):
                 env.set_task(task)

@@ -181,6 +181,16 @@ REJECTIONS = [
     ({"hyperparameters": {"trmrl": {"default": {"steps": 5}}}}, "top-level `steps:`"),
     ({"ablations": {"studies": {"depth": {"layers": [1, "two"]}}}},
      "at `ablations.studies.depth.layers`: 'two' is not a valid layers"),
+    # values of the right type but out of range: `trmrl validate` resolves every planned run
+    ({"hyperparameters": {"trmrl": {"default": {"epochs": 0}}}},
+     "invalid config: trmrl on cheetah-vel, seed 0: epochs out of range: 0"),
+    ({"hyperparameters": {"trmrl": {"default": {"heads": 3}}}}, "must be divisible by heads (3)"),
+    ({"hyperparameters": {"trmrl": {"default": {"lr_policy": float("nan")}}}},
+     "'lr_policy' must be a finite number, got nan"),
+    ({"hyperparameters": {"trmrl": {"default": {"hidden": [-5]}}}},
+     "'hidden' holds layer sizes: each must be in 1..65536, got [-5]"),
+    ({"seeds": [10**25]}, "at `seeds.0`: 10000000000000000000000000 is greater than the maximum"),
+    ({"steps": 1000.5}, "at `steps`: 1000.5 is not of type 'integer'"),
 ]
 
 

@@ -39,6 +39,24 @@ def _positive_integer(name: str):
     return parse
 
 
+def _bounded_integer(name: str, limit: int):
+    def parse(text: str) -> int:
+        value = _positive_integer(name)(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{name} must be at most {limit}, got {text!r}")
+        return value
+    return parse
+
+
+def _seed(text: str) -> int:
+    from trmrl.config import MAX_SEED
+
+    value = _integer("seed")(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, {MAX_SEED}], got {text!r}")
+    return value
+
+
 def _choice(name: str, valid: tuple[str, ...]):
     def parse(text: str) -> str:
         if text not in valid:
@@ -165,6 +183,40 @@ def cmd_train(args) -> None:
     train(spec, args.out)
 
 
+def cmd_validate(args) -> None:
+    """Resolve planned runs as `trmrl train` would, without training: the workflow's check of
+    every hyperparameter value before any job starts. stdin: a JSON list of
+    {"agent", "env", "seed", "steps" (null: the package's), "set": ["key=value", ...]}."""
+    from trmrl import config as cfg
+    from trmrl.train import resolve
+
+    try:
+        runs = json.load(sys.stdin)
+        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+            raise ValueError("expected a JSON list of objects")
+    except ValueError as error:
+        raise UserError(f"validate: stdin is not a JSON list of runs ({error})") from None
+    checked = {}  # one check per distinct (agent, env, steps, overrides): seeds only differ
+    for run in runs:
+        label = f"{run.get('agent')} on {run.get('env')}, seed {run.get('seed')}"
+        key = json.dumps({k: v for k, v in run.items() if k != "seed"}, sort_keys=True)
+        try:
+            seed = run.get("seed")
+            if key in checked:
+                if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= cfg.MAX_SEED:
+                    raise UserError(f"seed must be an integer in [0, {cfg.MAX_SEED}], got {seed!r}")
+                continue
+            resolve(run["agent"], run["env"], seed, run.get("steps"), "cpu",
+                    cfg.parse_overrides(run.get("set", [])))
+            checked[key] = True
+        except UserError as error:
+            raise UserError(f"{label}: {error}") from None
+        except (KeyError, TypeError, AttributeError) as error:  # not a run's mapping
+            raise UserError(f"validate: {run!r} is not a run ({type(error).__name__}: "
+                            f"{error})") from None
+    print(f"{len(runs)} runs: hyperparameters valid")
+
+
 def cmd_evaluate(args) -> None:
     from trmrl.evaluate import evaluate
 
@@ -188,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="the task parameters of one split")
     tasks.add_argument("--env", required=True, type=env_choice)
     tasks.add_argument("--split", required=True, type=split_choice)
-    tasks.add_argument("--seed", required=True, type=_integer("seed"))
-    tasks.add_argument("--n", type=_positive_integer("n"), default=None,
+    tasks.add_argument("--seed", required=True, type=_seed)
+    # each task is a few hundred bytes: a cap keeps a typo from filling the memory
+    tasks.add_argument("--n", type=_bounded_integer("n", 1_000_000), default=None,
                        help="at most this many tasks (sampled train splits: default 20)")
     tasks.add_argument("--json", action="store_true")
     tasks.set_defaults(func=cmd_tasks)
@@ -197,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout = sub.add_parser("rollout", help="run random-action trials on a split")
     rollout.add_argument("--env", required=True, type=env_choice)
     rollout.add_argument("--split", default="test", type=split_choice)
-    rollout.add_argument("--seed", default=0, type=_integer("seed"))
+    rollout.add_argument("--seed", default=0, type=_seed)
     rollout.add_argument("--trials", default=4, type=_positive_integer("trials"))
     rollout.add_argument("--horizon", default=None, type=_positive_integer("horizon"))
     rollout.add_argument("--episodes", default=None, type=_positive_integer("episodes"))
@@ -212,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="meta-train an agent (resumes from RUN_DIR)")
     train.add_argument("--agent", required=True)
     train.add_argument("--env", required=True, type=env_choice)
-    train.add_argument("--seed", required=True, type=_integer("seed"))
+    train.add_argument("--seed", required=True, type=_seed)
     train.add_argument("--out", required=True, metavar="RUN_DIR")
     train.add_argument("--steps", type=_positive_integer("steps"), default=None,
                        help="env-step budget (default: the paper's for this env)")
@@ -234,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--latents", default=None, metavar="FILE.npz",
                           help="also save the agent's episodic memories (latent maps)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    validate = sub.add_parser("validate", help="check planned runs' hyperparameters (JSON on "
+                              "stdin), as the workflow does before any job starts")
+    validate.set_defaults(func=cmd_validate)
     return parser
 
 
@@ -247,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"trmrl: error: {error}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print("trmrl: error: out of memory; use smaller sizes (trials_per_update, horizon, "
+              "model sizes) or a machine with more memory", file=sys.stderr)
+        return 1
     except Terminated as error:  # SIGTERM: the exit status of a process it killed
         print(f"trmrl: {error}", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -256,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `trmrl envs | head`
         sys.stderr.close()
         return 0
+    except OSError as error:  # a full disk, a file system gone read-only: the run failed
+        print(f"trmrl: error: {error}; a resumed run continues from its last checkpoint",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,7 @@ values of the wrong type are errors that name the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from importlib import resources
@@ -17,6 +18,9 @@ from typing import Any
 import yaml
 
 from trmrl.errors import ConfigError
+
+MAX_SEED = 2**32 - 1  # numpy and torch seed from it (torch.manual_seed takes < 2**64)
+MAX_LAYER_WIDTH = 65_536  # units of one layer in a size tuple (hidden=[64, 64]): memory-sane
 
 
 def load_defaults(agent: str) -> dict[str, Any]:
@@ -47,7 +51,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as error:  # "[64" or a tag such as !!python/object
+            reason = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(f"--set {pair!r}: not a YAML value ({reason})") from None
     return out
 
 
@@ -86,13 +94,23 @@ def coerce(key: str, value: Any, hint: Any, source: str = "config") -> Any:
             return int(value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float range
+                number = math.inf
+            if not math.isfinite(number):  # inf and NaN mean nothing as a hyperparameter
+                raise ConfigError(f"{source} key {key!r} must be a finite number, got {value!r}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
-            return tuple(coerce(key, v, args[0], source) for v in value)
+            items = tuple(coerce(key, v, args[0], source) for v in value)
+            if args[0] is int and any(not 0 < v <= MAX_LAYER_WIDTH for v in items):
+                raise ConfigError(f"{source} key {key!r} holds layer sizes: each must be in "
+                                  f"1..{MAX_LAYER_WIDTH}, got {list(value)!r}")
+            return items
     name = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{source} key {key!r} must be {name}, got {value!r}")
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from trmrl.envs import NUM_EVAL_TASKS, SuiteError
+from trmrl.errors import RunError
+from trmrl.rundir import CONFIG, RunLock, check_writable, refuse_run_files
 from trmrl.sampling import TrialSampler
 from trmrl.train import load_run
 from trmrl.utils import atomic_write_bytes
@@ -38,11 +40,32 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
     """
     if protocol not in PROTOCOLS:
         raise SuiteError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    run_dir, out = Path(run_dir), Path(out)
+    outputs = [("--out", out)] + ([("--latents", Path(latents))] if latents is not None else [])
+    for flag, path in outputs:  # before any work: a bad path fails now, not after the rollouts
+        refuse_run_files(path, run_dir, flag)
+        check_writable(path, flag)
+    if latents is not None and out.resolve() == Path(latents).resolve():
+        raise SuiteError(f"--out and --latents are the same file {out}; give two names")
+    if not (run_dir / CONFIG).exists():
+        raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
+    # shared: the protocols of one run may be evaluated side by side, never while it trains
+    with RunLock(run_dir, shared=True):
+        return _evaluate(run_dir, protocol, out, device, episodes, num_tasks,
+                         None if latents is None else Path(latents), latent_stride)
+
+
+def _evaluate(run_dir: Path, protocol: str, out: Path, device: str, episodes: int,
+              num_tasks: int, latents: Path | None, latent_stride: int) -> np.ndarray:
     spec, agent = load_run(run_dir, device)
     suite = agent.suite
     split = PROTOCOLS[protocol]
     suite.check_split(split)
     tasks = suite.eval_tasks(split, spec.seed, num_tasks)
+    if len(tasks) < num_tasks:  # an error, not a silent cap
+        agent.close()
+        raise SuiteError(f"--tasks {num_tasks}: the {split} split of {spec.env} has "
+                         f"{len(tasks)} tasks; valid: 1..{len(tasks)}")
     hp = spec.hyperparameters
     agent.record_memory = latents is not None
     own_trials = getattr(agent, "evaluation_trials", None)
@@ -64,7 +87,6 @@ def evaluate(run_dir: Path | str, protocol: str, out: Path | str, device: str = 
         for episode, (ret, success) in enumerate(zip(returns, successes)):
             lines.append([task.index, f"{task.value:.6g}", episode, f"{ret:.4f}",
                           _success_cell(success)])
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(",".join(str(v) for v in line) for line in lines) + "\n"
     atomic_write_bytes(out, text.encode())

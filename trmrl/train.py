@@ -33,6 +33,8 @@ from trmrl import config as cfg
 from trmrl.agents import Agent, agent_class, check_agent_name
 from trmrl.envs import SuiteError, check_env_name, make_suite
 from trmrl.errors import RunError, Terminated, TrainingDiverged, UserError
+from trmrl.rundir import (CHECKPOINT, CONFIG, METRICS, PROGRESS, RunLock, check_dir_writable,
+                          is_fresh, load_checkpoint_file, remove_leftovers)
 from trmrl.sampling import TrialSampler
 from trmrl.utils import (atomic_write_bytes, available_cpus, format_duration, git_commit,
                          trainer_threads)
@@ -44,6 +46,7 @@ PROGRESS_COLUMNS = ["env_steps", "wall_s", "split", "episode", "return", "succes
 OPERATIONAL_KEYS = ("steps", "num_workers", "pipeline_sampling", "checkpoint_every_s", "cuda_graphs",
                     "torch_compile")
 CHECKPOINT_FORMAT = 1
+MAX_SEED = cfg.MAX_SEED
 
 
 @dataclass
@@ -80,8 +83,8 @@ def resolve(agent: str, env: str, seed: int, steps: int | None = None, device: s
     """Dataclass defaults < package YAML for (agent, env) < overrides < --steps."""
     check_agent_name(agent)
     check_env_name(env)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise cfg.ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise cfg.ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     overrides = dict(overrides or {})
     preset = overrides.get("preset", "")
     values, version = cfg.env_defaults(agent, env, preset if isinstance(preset, str) else "")
@@ -92,23 +95,34 @@ def resolve(agent: str, env: str, seed: int, steps: int | None = None, device: s
     return RunSpec(agent, env, seed, resolve_device(device), hyperparameters, version)
 
 
+def check_against_suite(spec: RunSpec, suite) -> None:
+    """Values that are only out of range for the env: more evaluation tasks than its test split
+    holds (an error rather than a silent cap). Needs the suite, which takes a minute to build
+    for ML45: checked when training starts, not by `trmrl validate`."""
+    available = len(suite.eval_tasks("test", spec.seed, spec.hyperparameters.eval_tasks))
+    if available < spec.hyperparameters.eval_tasks:
+        raise cfg.ConfigError(f"eval_tasks={spec.hyperparameters.eval_tasks}: the test split of "
+                              f"{spec.env} has {available} tasks; valid: 1..{available}")
+
+
 # ---------------------------------------------------------------------------------------
 # Run directory
 # ---------------------------------------------------------------------------------------
 def _check_existing_run(run_dir: Path, spec: RunSpec) -> None:
     """A RUN_DIR may only be resumed by the same agent/env/seed and hyperparameters."""
     path = run_dir / "config.yaml"
-    try:
-        old = yaml.safe_load(path.read_text())
-        old_id = (old["agent"], old["env"], int(old["seed"]))
-        old_hp = old["hyperparameters"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
-        raise RunError(f"{path} is not a trmrl run config ({error}); use another --out") from None
+    old = read_run_config(path)
+    old_id = (old["agent"], old["env"], int(old["seed"]))
+    old_hp = old["hyperparameters"]
     if old_id != (spec.agent, spec.env, spec.seed):
         raise RunError(f"{run_dir} holds a run of agent={old_id[0]} env={old_id[1]} "
                        f"seed={old_id[2]}, not agent={spec.agent} env={spec.env} "
                        f"seed={spec.seed}; use another --out")
     new_hp = cfg.to_dict(spec.hyperparameters)
+    unknown = sorted(set(old_hp) - set(new_hp))
+    if unknown:
+        raise RunError(f"{path} has hyperparameters this trmrl version does not know "
+                       f"({', '.join(unknown)}); resume it with the version that wrote it")
     # a key added to the code after the run began: the run behaved as the key's default
     # (new hyperparameters always default to the behaviour from before they existed)
     old_hp = {**cfg.to_dict(type(spec.hyperparameters)()), **old_hp}
@@ -119,13 +133,37 @@ def _check_existing_run(run_dir: Path, spec: RunSpec) -> None:
                        "resume with the same --set values or use another --out")
 
 
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml, checked for the keys a run needs (RunError otherwise)."""
+    try:
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict) or not isinstance(config.get("hyperparameters"), dict):
+            raise ValueError("not a mapping with agent, env, seed and hyperparameters")
+        check_agent_name(config["agent"])
+        int(config["seed"])
+        config["env"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{path} is not a trmrl run config ({first}); use another --out") from None
+    return config
+
+
+# what every checkpoint holds (agent_state etc.); a file without them is not ours
+CHECKPOINT_KEYS = ("format", "agent", "env", "seed", "agent_state", "task_rng", "sampler_calls",
+                   "env_steps", "iteration", "wall_s", "next_eval", "progress_bytes")
+
+
 def _load_checkpoint(path: Path, spec: RunSpec) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint_file(path)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("unknown checkpoint format")
-    except Exception as error:  # torch raises many types for a truncated/corrupt file
-        raise RunError(f"corrupt checkpoint {path} ({type(error).__name__}: {error}); "
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+    except Exception as error:  # torch raises many types for a truncated/corrupt/unsafe file
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise RunError(f"corrupt checkpoint {path} ({type(error).__name__}: {first}); "
                        "delete it to restart the run from scratch") from None
     if (state["agent"], state["env"], state["seed"]) != (spec.agent, spec.env, spec.seed):
         raise RunError(f"checkpoint {path} belongs to another run")
@@ -160,6 +198,96 @@ def _append_metrics(path: Path, env_steps: int, iteration: int, wall_s: float,
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _parse_progress_row(fields: list[str]) -> int | None:
+    """env_steps of a well-formed progress.csv row, None for anything else."""
+    if len(fields) != len(PROGRESS_COLUMNS) or fields[2] not in ("train", "test"):
+        return None
+    try:
+        env_steps, _, _ = int(fields[0]), float(fields[1]), int(fields[3])
+        float(fields[4])
+        if fields[5]:
+            float(fields[5])
+    except ValueError:
+        return None
+    return env_steps if env_steps >= 0 else None
+
+
+def _csv_lines(data: bytes) -> list[list[str]] | None:
+    """The CSV rows of ``data`` (None where it is not UTF-8 text)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return list(csv.reader(text.splitlines()))
+
+
+def _restore_progress(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Drop the rows written after the checkpoint, having checked that the rows before it are
+    the checkpoint's: they parse and end at its env step. A file whose bytes do not match (line
+    endings converted, cut mid-line, rows edited) is rebuilt from the rows that parse."""
+    env_steps, offset = checkpoint["env_steps"], checkpoint["progress_bytes"]
+    if not path.exists():
+        raise RunError(f"{path} is missing but {path.parent / CHECKPOINT} is at env step "
+                       f"{env_steps}: restore it, or delete {CHECKPOINT} to train from scratch")
+    data = path.read_bytes()
+    head = _csv_lines(data[:offset]) if len(data) >= offset else None
+    if head and head[0] == PROGRESS_COLUMNS and data[:offset].endswith(b"\n") and \
+            all(_parse_progress_row(r) is not None for r in head[1:]) and \
+            len(head) > 1 and _parse_progress_row(head[-1]) == env_steps:
+        with open(path, "r+b") as handle:
+            handle.truncate(offset)
+        return
+    # the rows the checkpoint saw: those before its env step, and those at it except a test
+    # evaluation still due there (the resumed run evaluates it again)
+    due = checkpoint["next_eval"] <= env_steps
+    lines = _csv_lines(data.replace(b"\0", b"")) or []
+    kept = []
+    for fields in lines[1:]:
+        steps = _parse_progress_row(fields)
+        if steps is not None and (steps < env_steps or (steps == env_steps and not (due and fields[2] == "test"))):
+            kept.append(fields)
+    if not kept or int(kept[-1][0]) != env_steps:
+        raise RunError(f"{path} does not hold the rows up to the checkpoint's env step "
+                       f"{env_steps}; restore it, or delete {CHECKPOINT} to train from scratch")
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([PROGRESS_COLUMNS, *kept])
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    log.warning("%s did not match its checkpoint byte for byte: rebuilt from its %d rows up to "
+                "env step %d", path, len(kept), env_steps)
+
+
+def _restore_metrics(path: Path, checkpoint: dict[str, Any]) -> None:
+    """As for progress.csv; metrics are a log, so rows that do not parse are dropped and a
+    missing file starts anew."""
+    if not path.exists():
+        return
+    env_steps, offset = checkpoint["env_steps"], checkpoint.get("metrics_bytes", 0)
+    data = path.read_bytes()
+    lines = _csv_lines(data[:offset]) if len(data) >= offset else None
+
+    def steps_of(fields, width):
+        try:
+            return int(fields[0]) if len(fields) == width else None
+        except ValueError:
+            return None
+
+    if lines and data[:offset].endswith(b"\n") and len(lines) > 1 and \
+            all(steps_of(r, len(lines[0])) is not None for r in lines[1:]) and \
+            steps_of(lines[-1], len(lines[0])) == env_steps:
+        with open(path, "r+b") as handle:
+            handle.truncate(offset)
+        return
+    lines = _csv_lines(data.replace(b"\0", b"")) or []
+    if not lines or lines[0][:2] != ["env_steps", "iteration"]:
+        path.unlink()
+        return
+    kept = [r for r in lines[1:]
+            if steps_of(r, len(lines[0])) is not None and steps_of(r, len(lines[0])) <= env_steps]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([lines[0], *kept])
+    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 class _Progress:
@@ -232,21 +360,58 @@ def evaluate_on_test(agent: Agent, sampler: TrialSampler, seed: int) -> tuple[np
 
 
 def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir``; returns a summary dict."""
+    """Train (or resume) the run in ``run_dir``; returns a summary dict.
+
+    The run directory's lock is held throughout: a second train or an evaluate of the same
+    directory is refused (RunError) while this one runs. A directory this call created is
+    removed again if the run fails before its config.yaml is written."""
     run_dir = Path(run_dir)
+    check_dir_writable(run_dir, "--out")
+    if not (run_dir / CONFIG).exists() and not is_fresh(run_dir):  # not ours: touch nothing
+        raise RunError(f"{run_dir} exists and is not a trmrl run directory; use another --out")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {run_dir}: cannot create it ({error.strerror})") from None
+    with RunLock(run_dir):
+        try:
+            return _train_locked(spec, run_dir)
+        except BaseException:
+            if created and is_fresh(run_dir):  # nothing of the run was written: leave no trace
+                for entry in run_dir.iterdir():
+                    entry.unlink(missing_ok=True)
+                run_dir.rmdir()
+            raise
+
+
+def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     hp = spec.hyperparameters
-    config_path, progress_path = run_dir / "config.yaml", run_dir / "progress.csv"
-    metrics_path = run_dir / "metrics.csv"
-    checkpoint_path = run_dir / "checkpoint.pt"
+    config_path, progress_path = run_dir / CONFIG, run_dir / PROGRESS
+    metrics_path = run_dir / METRICS
+    checkpoint_path = run_dir / CHECKPOINT
     if config_path.exists():
         _check_existing_run(run_dir, spec)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif not is_fresh(run_dir):
         raise RunError(f"{run_dir} exists and is not a trmrl run directory; use another --out")
+    remove_leftovers(run_dir)  # temp files of writes a killed run did not finish
     checkpoint = _load_checkpoint(checkpoint_path, spec) if checkpoint_path.exists() else None
+    if checkpoint is not None:
+        trained, budget = checkpoint["env_steps"], checkpoint.get("steps", hp.steps)
+        # a budget below what the run has trained, and below the budget it trained for
+        # (a finished run may overshoot its own budget by part of an iteration)
+        if hp.steps < trained and hp.steps < budget:
+            raise RunError(f"--steps {hp.steps} is less than the {trained} env steps {run_dir} "
+                           f"has trained; give --steps {trained} or more, or use another --out")
 
     torch.set_num_threads(available_cpus())
     agent = build_agent(spec)
     suite = agent.suite
+    try:
+        check_against_suite(spec, suite)
+    except UserError:
+        agent.close()
+        raise
     sampler = TrialSampler(suite, hp.trials_per_update, horizon=hp.horizon,
                            episodes_per_trial=hp.episodes_per_trial,
                            num_workers=hp.num_workers if agent.collects_trainer_trials else 0,
@@ -256,7 +421,6 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                                 episodes_per_trial=hp.episodes_per_trial, seed=spec.seed + 10_000)
     task_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7]))
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
         atomic_write_bytes(config_path, yaml.safe_dump(spec.to_yaml(), sort_keys=False).encode())
         env_steps, iteration, wall_offset, next_eval = 0, 0, 0.0, 0
@@ -276,11 +440,8 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
         latest_test = checkpoint.get("latest_test")
         if next_eval == math.inf and env_steps < hp.steps:  # a finished run given a larger budget
             next_eval = env_steps + hp.eval_every
-        with open(progress_path, "r+b") as handle:  # drop rows written after the checkpoint
-            handle.truncate(checkpoint["progress_bytes"])
-        if metrics_path.exists():
-            with open(metrics_path, "r+b") as handle:
-                handle.truncate(checkpoint.get("metrics_bytes", 0))
+        _restore_progress(progress_path, checkpoint)  # drop rows written after the checkpoint
+        _restore_metrics(metrics_path, checkpoint)
         config = yaml.safe_load(config_path.read_text())
         current = cfg.to_dict(hp)
         # record new operational values and keys the run predates (at their defaults)
@@ -326,9 +487,10 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
                 try:
                     result = agent.train_iteration(sampler, tasks)
                 except FloatingPointError as error:
+                    kept = (f"the last good checkpoint is kept in {checkpoint_path}"
+                            if checkpoint_path.exists() else "no checkpoint was written yet")
                     raise TrainingDiverged(
-                        f"training diverged at env step {env_steps}: {error}; the last good "
-                        f"checkpoint is kept in {checkpoint_path}") from None
+                        f"training diverged at env step {env_steps}: {error}; {kept}") from None
                 env_steps += result.env_steps
                 iteration += 1
                 rows += _progress_rows(env_steps, wall(), "train", result.episode_return,
@@ -373,15 +535,21 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
 def load_run(run_dir: Path | str, device: str = "auto") -> tuple[RunSpec, Agent]:
     """The spec and the trained agent of a run directory (for evaluation)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / CONFIG
     if not config_path.exists():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = yaml.safe_load(config_path.read_text())
-    hp_values = config["hyperparameters"]
+    config = read_run_config(config_path)
+    check_env_name(config["env"])
+    hyperparameters = cfg.build(agent_class(config["agent"]).config_class,
+                                config["hyperparameters"], source=str(config_path))
+    try:
+        defaults_version = int(config.get("defaults_version", 0))
+    except (TypeError, ValueError):
+        raise RunError(f"{config_path}: defaults_version must be an integer, got "
+                       f"{config.get('defaults_version')!r}") from None
     spec = RunSpec(config["agent"], config["env"], int(config["seed"]), resolve_device(device),
-                   cfg.build(agent_class(config["agent"]).config_class, hp_values),
-                   int(config.get("defaults_version", 0)))
-    checkpoint_path = run_dir / "checkpoint.pt"
+                   hyperparameters, defaults_version)
+    checkpoint_path = run_dir / CHECKPOINT
     if not checkpoint_path.exists():
         raise RunError(f"{run_dir} has no checkpoint.pt: train it first")
     state = _load_checkpoint(checkpoint_path, spec)
@@ -395,8 +563,9 @@ def _restore_agent(agent: Agent, state: dict[str, Any], path: Path) -> None:
         agent.load_state_dict(state["agent_state"])
     except (RuntimeError, KeyError, ValueError) as error:
         first = str(error).strip().splitlines()[0]
-        raise RunError(f"checkpoint {path} does not fit the agent {agent.name!r} of this "
-                       f"trmrl version ({first}); it was written by another version") from None
+        raise RunError(f"checkpoint {path} does not fit the agent {agent.name!r} that "
+                       f"{path.parent / CONFIG} describes ({first}): config.yaml was edited, or "
+                       "the checkpoint was written by another trmrl version") from None
 
 
 __all__ = ["PROGRESS_COLUMNS", "RunError", "RunSpec", "TrainingDiverged", "load_run", "resolve",

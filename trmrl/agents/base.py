@@ -10,6 +10,7 @@ state, random generators).
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +21,23 @@ import torch
 
 from trmrl.envs import Task, TaskSuite
 from trmrl.sampling import PolicyOutput, StepInput, TrialSampler
+
+
+# Upper bounds that keep a run within memory (or a budget within reason); a key is checked
+# wherever an agent's config has it. Far above any published setting: they catch typos
+# (an extra zero or three), not ambitious runs.
+SIZE_LIMITS = {
+    "steps": 10**12,  # env steps of a run: the paper's largest budget is 2e7
+    "eval_every": 10**12,
+    "trials_per_update": 100_000,  # trials held in memory at once by the sampler
+    "horizon": 100_000,  # steps per episode
+    "episodes_per_trial": 1_000,
+    "num_workers": 1_024,
+    "checkpoint_every_s": 7 * 86_400,  # a week
+    "wm_size": 10_000,  # TrMRL's working memory: attention over it per step
+    "layers": 1_000, "heads": 1_024, "d_model": 65_536, "d_ff": 262_144,
+    "epochs": 100_000, "minibatch_size": 10**7, "gru_size": 65_536, "latent_dim": 65_536,
+}
 
 
 @dataclass
@@ -54,6 +72,15 @@ class RunConfig:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers!r}")
         if self.checkpoint_every_s < 0:
             raise ConfigError(f"checkpoint_every_s must be >= 0, got {self.checkpoint_every_s!r}")
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name, None)
+            if value is not None and value > limit:
+                raise ConfigError(f"{name}={value!r} is beyond the limit {limit} (a typo? runs "
+                                  "this large would not fit in memory or time)")
+        # every float finite, also where a config is built without trmrl.config.build
+        for name, value in vars(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass

@@ -37,8 +37,16 @@ def most_specific(error):
     while error.context:
         error = max(error.context, key=lambda e: (len(e.absolute_path),
                                                   e.validator not in ("type", "const"),
-                                                  e.validator == "enum"))
+                                                  e.validator == "enum", _same_kind(e)))
     return error
+
+
+def _same_kind(error):
+    """A type error whose expected type is of the value's kind (1000.5 vs integer, not object)."""
+    if error.validator != "type" or isinstance(error.instance, bool):
+        return False
+    numbers = ("integer", "number")
+    return isinstance(error.instance, (int, float)) and error.validator_value in numbers
 
 
 def validate_config(config, schema):
@@ -145,6 +153,18 @@ def check_hyperparameters(config, agents):
             for value in values:
                 check_hyperparameter(["ablations", "studies", study, key], key, value,
                                      agents[ablations["agent"]], ablations["env"])
+
+
+def check_runs_resolve(executable, runs):
+    """Every planned run's hyperparameters as `trmrl train` resolves and validates them
+    (ranges, finiteness, sizes): a bad value fails here, before any job starts."""
+    plan = [{"agent": run.agent, "env": run.env, "seed": run.seed, "steps": run.steps,
+             "set": [f"{k}={yaml_scalar(v)}" for k, v in run.overrides]} for run in runs]
+    result = subprocess.run([executable, "validate"], input=json.dumps(plan), text=True,
+                            capture_output=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no message)"]
+        raise WorkflowError(f"invalid config: {lines[-1].removeprefix('trmrl: error: ')}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -400,6 +420,7 @@ ABLATION_RUNS = [run for point in ABLATIONS for run in point["runs"]]
 RUNS_BY_PATH = index_runs(MAIN_RUNS + ABLATION_RUNS)
 ALL_RUNS = list(RUNS_BY_PATH.values())
 RUN_ENVS = [run.env for run in ALL_RUNS]
+check_runs_resolve(TRMRL, ALL_RUNS)
 OOD_RUNS = [run for run in MAIN_RUNS if has_ood(run.env)]
 REFERENCE_AGENTS = ("oracle", "memoryless")
 HAS_REFERENCES = all(agent in config["agents"] for agent in REFERENCE_AGENTS)
