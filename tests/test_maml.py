@@ -336,3 +336,19 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
     assert rows(killed / "progress.csv") == rows(reference / "progress.csv")
     strip = lambda table: [r[:2] + r[3:] for r in table]  # noqa: E731  (metrics: wall_s is column 2)
     assert strip(rows(killed / "metrics.csv", False)) == strip(rows(reference / "metrics.csv", False))
+
+
+def test_training_evaluations_use_the_agents_own_protocol():
+    """progress.csv's test rows come from the protocol `trmrl evaluate` runs: with N > 1
+    episodes per inner step, evaluation_trials on the evaluation sampler's tasks and seed."""
+    from trmrl.train import evaluate_on_test
+
+    agent = tiny_maml(eval_episodes_per_step=2, eval_tasks=2)
+    with TrialSampler(agent.suite, 2, seed=5) as sampler:
+        returns, success = evaluate_on_test(agent, sampler, seed=0)
+        tasks = agent.suite.eval_tasks("test", 0, 2)
+        expected = agent.evaluation_trials(tasks, sampler.episodes_per_trial, sampler.horizon, 5)
+    agent.close()
+    for ours, theirs in zip((returns, success), expected):  # one code path twice
+        np.testing.assert_array_equal(ours, theirs)
+    assert returns.shape == (2, agent.suite.episodes_per_trial)

@@ -5,9 +5,8 @@ agent's memory kept across them and deterministic actions, and write one row per
 (task, episode): ``task, task_param, episode, return, success``.
 
 An agent whose adaptation step needs more data than one episode of the trial (MAML-TRPO's
-inner step on as many episodes as meta-training gave it) has a method
-``evaluation_trials(tasks, episodes, horizon, seed)`` that returns the returns and success
-rates [tasks, episodes] of its own protocol, or None to be run in the trials as above.
+inner step on as many episodes as meta-training gave it) runs its own protocol through
+``Agent.evaluation_trials``.
 """
 
 from __future__ import annotations
@@ -68,10 +67,9 @@ def _evaluate(run_dir: Path, protocol: str, out: Path, device: str, episodes: in
                          f"{len(tasks)} tasks; valid: 1..{len(tasks)}")
     hp = spec.hyperparameters
     agent.record_memory = latents is not None
-    own_trials = getattr(agent, "evaluation_trials", None)
     batch = None
     try:
-        result = own_trials(tasks, episodes, hp.horizon, spec.seed + 20_000) if own_trials else None
+        result = agent.evaluation_trials(tasks, episodes, hp.horizon, spec.seed + 20_000)
         if result is None:
             with TrialSampler(suite, len(tasks), horizon=hp.horizon, episodes_per_trial=episodes,
                               seed=spec.seed + 20_000) as sampler:

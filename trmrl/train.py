@@ -353,8 +353,12 @@ def build_agent(spec: RunSpec) -> Agent:
 
 
 def evaluate_on_test(agent: Agent, sampler: TrialSampler, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic trials on the held-out test tasks, same starting states every time."""
+    """Deterministic trials on the held-out test tasks, same starting states every time (or
+    the agent's own protocol, as ``trmrl evaluate`` runs it)."""
     tasks = agent.suite.eval_tasks("test", seed, agent.config.eval_tasks)
+    own = agent.evaluation_trials(tasks, sampler.episodes_per_trial, sampler.horizon, sampler.seed)
+    if own is not None:
+        return own
     batch = sampler.run(agent, tasks, deterministic=True, call=0)
     return batch.episode_return, batch.episode_success
 

@@ -123,6 +123,13 @@ class Agent(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def evaluation_trials(self, tasks: list[Task], episodes: int, horizon: int | None,
+                          seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """An agent's own evaluation protocol, for one whose adaptation needs more data than
+        one episode of a trial (MAML's inner step on many episodes): the returns and success
+        rates [tasks, episodes]; None (the default) runs ordinary trials."""
+        return None
+
     def close(self) -> None:
         """Release what the agent holds beyond memory, e.g. samplers of its own whose
         worker processes collect data in shapes the trainer's sampler does not have."""
