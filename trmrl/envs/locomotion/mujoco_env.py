@@ -245,20 +245,21 @@ class LocomotionSuite(TaskSuite):
         rewarded or penalised beyond the bounds. An error of one env is raised as
         :class:`EnvStepError` naming its index.
         """
-        body, n = self.body, len(envs)
-        base = base_model(body.xml_file)  # no suite randomises ctrlrange or timestep
+        body, n, first = self.body, len(envs), envs[0]
+        # the first env's constants hold for all: no suite randomises ctrlrange or timestep
+        low, high, nu = first._ctrl_low, first._ctrl_high, first._ctrl_low.size
         actions = np.asarray(actions, dtype=np.float64)
-        if actions.shape != (n, base.nu):
-            raise ValueError(f"{self.name}: actions must have shape ({n}, {base.nu}), "
-                             f"{base.nu} elements per env, got {actions.shape}")
-        low, high = base.actuator_ctrlrange.T
+        if actions.shape != (n, nu):
+            raise ValueError(f"{self.name}: actions must have shape ({n}, {nu}), "
+                             f"{nu} elements per env, got {actions.shape}")
         # minimum/maximum: the same result as np.clip with a third of its overhead
         actions = np.minimum(np.maximum(actions, low), high)
 
-        obs = np.empty((n, self.observation_dim))
+        obs = np.empty((n, first.observation_space.shape[0]))
         # where velocity is measured: a cached view of the root joint's first qpos entries, or
         # the body's own function (the humanoid's mass centre)
-        dims = len(body.position(envs[0].model, envs[0].data))
+        view = first.position_view
+        dims = len(body.position(first.model, first.data)) if view is None else view.size
         position_before, position = np.empty((n, dims)), np.empty((n, dims))
         frame_skip, contact_forces, mj_step = body.frame_skip, body.contact_forces, mujoco.mj_step
         for i, (env, action) in enumerate(zip(envs, actions)):
@@ -276,7 +277,7 @@ class LocomotionSuite(TaskSuite):
             except Exception as error:
                 raise EnvStepError(i) from error
         # velocities are displacements over one env step divided by dt = timestep * frame_skip
-        velocity = (position - position_before) / (base.opt.timestep * body.frame_skip)
+        velocity = (position - position_before) / first.dt
         return obs, self.reward_batch(envs, actions, velocity, position)
 
 
