@@ -1,11 +1,13 @@
 """TaskSuite.step_batch, the sampler's step: bit for bit the per-env step, errors named by env."""
 
+import functools
+
 import numpy as np
 import pytest
 
 from toy_suite import ToySuite
 from trmrl.env_slots import EnvSlots, SlotArrays
-from trmrl.envs import Task, make_suite
+from trmrl.envs import Task, TaskSuite, make_suite
 from trmrl.envs.base import EnvStepError
 from trmrl.sampling import RandomPolicy, SamplerError, TrialSampler
 
@@ -27,12 +29,16 @@ def step_one_by_one(envs, actions):
     return np.stack(obs), np.array(reward), np.array(terminated)
 
 
+@pytest.mark.parametrize("how", ["LocomotionSuite", "TaskSuite default"])
 @pytest.mark.parametrize("name", LOCOMOTION)
-def test_step_batch_equals_per_env_steps_exactly(name):
-    # env.step is a batch of one: a row of a batch must not depend on the other rows (their
-    # tasks, actions, terminations) nor on the batch size; the rewards themselves are checked
-    # against their formulas in test_envs_locomotion.py
+def test_step_batch_equals_per_env_steps_exactly(name, how):
+    # LocomotionSuite: env.step is a batch of one, so a row of a batch must not depend on the
+    # other rows (their tasks, actions, terminations) nor on the batch size; the rewards
+    # themselves are checked against their formulas in test_envs_locomotion.py.
+    # TaskSuite default (Meta-World's, a new suite's): it must assemble env.step's results.
     suite = make_suite(name)
+    step_batch = suite.step_batch if how == "LocomotionSuite" else functools.partial(
+        TaskSuite.step_batch, suite)
     tasks = suite.tasks("test", 0, NUM_ENVS // 2) + suite.tasks("train", 0, NUM_ENVS // 2)
     reference, batched = ready_envs(suite, tasks), ready_envs(suite, tasks)
     high = reference[0].model.actuator_ctrlrange[:, 1]
@@ -42,7 +48,7 @@ def test_step_batch_equals_per_env_steps_exactly(name):
         # float32 as the sampler's actions, half again the control range so that clipping acts
         actions = rng.uniform(-1.5 * high, 1.5 * high, (NUM_ENVS, high.size)).astype(np.float32)
         expected = step_one_by_one(reference, actions)
-        obs, reward, terminated, success = suite.step_batch(batched, actions)
+        obs, reward, terminated, success = step_batch(batched, actions)
         assert obs.dtype == np.float64 and reward.dtype == np.float64
         assert terminated.dtype == np.bool_ and success is None
         for want, got in zip(expected, (obs, reward, terminated)):
