@@ -62,7 +62,7 @@ def snapshot(env):
 
 
 def expected_outcome(name, env, before, action):
-    """(reward, terminated) of the step just taken, from the spec's definitions."""
+    """(reward, terminated, reward terms) of the step just taken, from the spec's definitions."""
     model, data, params = env.model, env.data, env.task.params
     a = np.clip(action, model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1])
     a2 = float(np.sum(a ** 2))
@@ -73,38 +73,55 @@ def expected_outcome(name, env, before, action):
     ant_contact = 0.5e-3 * np.sum(np.clip(data.cfrc_ext, -1, 1) ** 2)
 
     if name == "cheetah-vel":
-        return -abs(x_velocity - params["velocity"]) - 0.05 * a2, False
+        velocity_cost = abs(x_velocity - params["velocity"])
+        return -velocity_cost - 0.05 * a2, False, {
+            "forward_velocity": x_velocity, "velocity_cost": velocity_cost, "ctrl_cost": 0.05 * a2}
     if name == "cheetah-dir":
-        return params["direction"] * x_velocity - 0.05 * a2, False
+        forward_reward = params["direction"] * x_velocity
+        return forward_reward - 0.05 * a2, False, {
+            "forward_velocity": x_velocity, "forward_reward": forward_reward, "ctrl_cost": 0.05 * a2}
     if name == "ant-dir":
         g = params["angle"]
         forward = torso_xy_velocity @ np.array([np.cos(g), np.sin(g)])
         state = np.concatenate([qpos, qvel])
         healthy = np.isfinite(state).all() and 0.2 <= qpos[2] <= 1.0
-        return forward - 0.5 * a2 - ant_contact + 1.0, not healthy
+        return forward - 0.5 * a2 - ant_contact + 1.0, not healthy, {
+            "forward_velocity": forward, "ctrl_cost": 0.5 * a2, "contact_cost": ant_contact,
+            "survive_reward": 1.0}
     if name == "ant-goal":
         distance = np.abs(qpos[:2] - np.array(params["goal"])).sum()
-        return -distance - 0.1 * a2 - ant_contact, False
+        return -distance - 0.1 * a2 - ant_contact, False, {
+            "goal_distance": distance, "ctrl_cost": 0.1 * a2, "contact_cost": ant_contact}
     if name == "humanoid-dir":
         t = params["angle"]
         velocity = (mass_centre_xy(model, data) - before["mass_centre"]) / dt
         forward = velocity @ np.array([np.cos(t), np.sin(t)])
         contact = min(0.5e-6 * np.sum(data.cfrc_ext ** 2), 10.0)
-        return 1.25 * forward + 5.0 - 0.1 * a2 - contact, not 1.0 < qpos[2] < 2.0
+        return 1.25 * forward + 5.0 - 0.1 * a2 - contact, not 1.0 < qpos[2] < 2.0, {
+            "forward_velocity": forward, "forward_reward": 1.25 * forward, "alive_bonus": 5.0,
+            "ctrl_cost": 0.1 * a2, "contact_cost": contact}
+    terms = {"forward_velocity": x_velocity, "alive_bonus": 1.0, "ctrl_cost": 1e-3 * a2}
     if name == "walker-params":
         height, angle = qpos[1], qpos[2]
-        return x_velocity + 1.0 - 1e-3 * a2, not (0.8 < height < 2.0 and -1 < angle < 1)
+        return x_velocity + 1.0 - 1e-3 * a2, not (0.8 < height < 2.0 and -1 < angle < 1), terms
     if name == "hopper-params":
         state = np.concatenate([qpos, qvel])
         healthy = (np.isfinite(state).all() and (np.abs(state[2:]) < 100).all()
                    and qpos[1] > 0.7 and abs(qpos[2]) < 0.2)
-        return x_velocity + 1.0 - 1e-3 * a2, not healthy
+        return x_velocity + 1.0 - 1e-3 * a2, not healthy, terms
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name, split", [(name, split) for name in LOCOMOTION
-                                         for split in ("test", "ood")
-                                         if split == "test" or name in WITH_OOD])
+# The definitions above reach the suites' numbers through other operations (np.sum for a BLAS
+# dot, np.cos for math.cos, a broadcast sum for a matmul), so they agree to rounding, a few
+# ulp of each term: far below 1e-9 for rewards of order 1-100, far above it for any slip in a
+# formula (a wrong coefficient, sign, task parameter or row).
+ROUNDING = {"rel": 1e-9, "abs": 1e-9}
+HELD_OUT = [(name, split) for name in LOCOMOTION for split in ("test", "ood")
+            if split == "test" or name in WITH_OOD]
+
+
+@pytest.mark.parametrize("name, split", HELD_OUT)
 def test_reward_and_termination_match_the_definitions(name, split):
     suite = make_suite(name)
     for task in suite.tasks(split, 0, 2):
@@ -112,12 +129,42 @@ def test_reward_and_termination_match_the_definitions(name, split):
         for action in random_actions(env, 8, seed=task.index):
             before = snapshot(env)
             _, reward, terminated, truncated, info = env.step(action)
-            want_reward, want_terminated = expected_outcome(suite.name, env, before, action)
-            assert reward == pytest.approx(want_reward, rel=1e-9, abs=1e-9)
+            want_reward, want_terminated, want_terms = expected_outcome(suite.name, env, before, action)
+            assert reward == pytest.approx(want_reward, **ROUNDING)
             assert terminated == want_terminated and truncated is False
-            assert info["task_value"] == task.value
+            assert info.pop("task_value") == task.value
+            assert info == pytest.approx(want_terms, **ROUNDING)
+            assert all(type(value) is float for value in info.values())
             if terminated:
                 env.reset()
+
+
+@pytest.mark.parametrize("name", LOCOMOTION)
+def test_batched_rewards_match_the_definitions_row_by_row(name):
+    # the sampler's path: one reward_batch over envs of different tasks and splits
+    suite = make_suite(name)
+    tasks = (suite.tasks("test", 0, 2) + suite.tasks("train", 0, 2)
+             + suite.tasks(suite.splits[-1], 1, 2))
+    envs = [ready_env(suite, task, seed=i) for i, task in enumerate(tasks)]
+    rng = np.random.default_rng(2)
+    high = envs[0].model.actuator_ctrlrange[:, 1]
+    terminations = 0
+    for _ in range(12):
+        actions = rng.uniform(-1.5 * high, 1.5 * high, (len(envs), high.size))
+        before = [snapshot(env) for env in envs]
+        obs, rewards = suite.step_with_rewards(envs, actions)
+        assert rewards.reward.shape == rewards.terminated.shape == (len(envs),)
+        for i, env in enumerate(envs):
+            want_reward, want_terminated, want_terms = expected_outcome(name, env, before[i], actions[i])
+            assert rewards.reward[i] == pytest.approx(want_reward, **ROUNDING)
+            assert rewards.terminated[i] == want_terminated
+            terms = {key: value[i] if isinstance(value, np.ndarray) else value
+                     for key, value in rewards.components.items()}
+            assert terms == pytest.approx(want_terms, **ROUNDING)
+            np.testing.assert_array_equal(obs[i], suite.observe(env))
+            if want_terminated:
+                env.reset(seed=100 + terminations)
+                terminations += 1
 
 
 @pytest.mark.parametrize("name", ["ant-dir", "ant-goal", "humanoid-dir"])
@@ -147,7 +194,7 @@ def test_termination_rule(name, qpos_index, value, terminated):
     action = np.zeros(env.action_space.shape)
     _, reward, done, _, _ = env.step(action)
     assert done is terminated
-    want_reward, want_terminated = expected_outcome(name, env, before, action)
+    want_reward, want_terminated, _ = expected_outcome(name, env, before, action)
     assert done == want_terminated and reward == pytest.approx(want_reward, rel=1e-9)
 
 

@@ -10,7 +10,6 @@ from toy_suite import ToySuite
 from trmrl.env_slots import EnvSlots, SlotArrays
 from trmrl.envs import Task, TaskSuite, make_suite
 from trmrl.envs.base import EnvStepError
-from trmrl.envs.locomotion import LocomotionSuite
 from trmrl.sampling import RandomPolicy, SamplerError, TrialSampler
 
 LOCOMOTION = ("cheetah-vel", "cheetah-dir", "ant-dir", "ant-goal", "humanoid-dir",
@@ -33,24 +32,25 @@ def step_one_by_one(envs, actions):
 
 def assert_same_step(expected, got):
     """Observations and terminations bit for bit (each env runs the same mj_step on the same
-    state either way); rewards to float64 rounding: the vectorised reward runs numpy's SIMD
-    kernels over all envs, the per-env one scalar code, and an AVX-512 exp/sum may round the
-    last bit differently. The physics never sees the reward, so such a bit cannot compound."""
+    state either way); rewards to float64 rounding: a batch of n and n batches of one run
+    numpy's SIMD kernels over different lengths, and an AVX-512 exp/sum rounds a vector's tail
+    and body differently. The physics never sees the reward, so such a bit cannot compound."""
     (want_obs, want_reward, want_terminated), (obs, reward, terminated) = expected, got
     np.testing.assert_array_equal(obs, want_obs)
     np.testing.assert_allclose(reward, want_reward, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(terminated, want_terminated)
 
 
-@pytest.mark.parametrize("how", ["vectorised", "per-env reward", "TaskSuite default"])
+@pytest.mark.parametrize("how", ["LocomotionSuite", "TaskSuite default"])
 @pytest.mark.parametrize("name", LOCOMOTION)
 def test_step_batch_equals_per_env_steps(name, how):
+    # LocomotionSuite: env.step is a batch of one, so a row of a batch must not depend on the
+    # other rows (their tasks, actions, terminations) nor on the batch size; the rewards
+    # themselves are checked against their formulas in test_envs_locomotion.py.
+    # TaskSuite default (Meta-World's, a new suite's): it must assemble env.step's results.
     suite = make_suite(name)
-    step_batch = suite.step_batch
-    if how == "per-env reward":  # LocomotionSuite's fallback for suites without reward_batch
-        suite.reward_batch = functools.partial(LocomotionSuite.reward_batch, suite)
-    elif how == "TaskSuite default":
-        step_batch = functools.partial(TaskSuite.step_batch, suite)
+    step_batch = suite.step_batch if how == "LocomotionSuite" else functools.partial(
+        TaskSuite.step_batch, suite)
     tasks = suite.tasks("test", 0, NUM_ENVS // 2) + suite.tasks("train", 0, NUM_ENVS // 2)
     reference, batched = ready_envs(suite, tasks), ready_envs(suite, tasks)
     high = reference[0].model.actuator_ctrlrange[:, 1]

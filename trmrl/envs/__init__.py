@@ -11,13 +11,13 @@ from trmrl.envs.base import NUM_EVAL_TASKS, SPLITS, SuiteError, Task, TaskEnv, T
 
 # name -> (module, class); the order is the order of DESIGN.md and every listing
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "cheetah-vel": ("trmrl.envs.locomotion", "CheetahVel"),
-    "cheetah-dir": ("trmrl.envs.locomotion", "CheetahDir"),
-    "ant-dir": ("trmrl.envs.locomotion", "AntDir"),
-    "ant-goal": ("trmrl.envs.locomotion", "AntGoal"),
-    "humanoid-dir": ("trmrl.envs.locomotion", "HumanoidDir"),
-    "walker-params": ("trmrl.envs.locomotion", "WalkerParams"),
-    "hopper-params": ("trmrl.envs.locomotion", "HopperParams"),
+    "cheetah-vel": ("trmrl.envs.locomotion.cheetah", "CheetahVel"),
+    "cheetah-dir": ("trmrl.envs.locomotion.cheetah", "CheetahDir"),
+    "ant-dir": ("trmrl.envs.locomotion.ant", "AntDir"),
+    "ant-goal": ("trmrl.envs.locomotion.ant", "AntGoal"),
+    "humanoid-dir": ("trmrl.envs.locomotion.humanoid", "HumanoidDir"),
+    "walker-params": ("trmrl.envs.locomotion.walker_hopper", "WalkerParams"),
+    "hopper-params": ("trmrl.envs.locomotion.walker_hopper", "HopperParams"),
     "ml1-reach": ("trmrl.envs.metaworld_suites", "ML1Reach"),
     "ml1-push": ("trmrl.envs.metaworld_suites", "ML1Push"),
     "ml1-pick-place": ("trmrl.envs.metaworld_suites", "ML1PickPlace"),
