@@ -178,6 +178,7 @@ class RL2Agent(RecurrentPPOAgent):
     """RL2: a GRU over (s, a, r, d) carried across the episodes of a trial, trained with PPO."""
 
     name = "rl2"
+    defaults = "trmrl.configs:rl2.yaml"
     config_class = RL2Config
     config: RL2Config
     trial_minibatches = True  # the GRU must see each trial from its start

@@ -305,6 +305,7 @@ class VariBADAgent(RecurrentPPOAgent):
     """VariBAD: a VAE belief over the task (GRU encoder, reward decoder) + PPO on (s, belief)."""
 
     name = "varibad"
+    defaults = "trmrl.configs:varibad.yaml"
     config_class = VariBADConfig
     config: VariBADConfig
 

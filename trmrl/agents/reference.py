@@ -83,6 +83,7 @@ class MemorylessAgent(PPOAgent):
     """PPO MLP on the current observation alone: the lower bound of every env."""
 
     name = "memoryless"
+    defaults = "trmrl.configs:memoryless.yaml"
     config_class = ReferenceConfig
     config: ReferenceConfig
 
@@ -113,6 +114,7 @@ class OracleAgent(MemorylessAgent):
     """PPO MLP that also observes the task parameters: the upper bound of every env."""
 
     name = "oracle"
+    defaults = "trmrl.configs:oracle.yaml"
 
     def input_dim(self) -> int:
         probe = self.suite.tasks("test", 0, 1)[0]

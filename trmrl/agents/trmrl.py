@@ -254,6 +254,7 @@ class TrMRLAgent(PPOAgent):
     """TrMRL: causal transformer over working memories (T-Fixup, no LayerNorm) + PPO."""
 
     name = "trmrl"
+    defaults = "trmrl.configs:trmrl.yaml"
     config_class = TrMRLConfig
     config: TrMRLConfig
     values_from_batch = True  # acting runs the policy encoder alone
