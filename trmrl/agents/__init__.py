@@ -46,9 +46,10 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
         raise ConfigError(f"no agents in the entry-point group {ENTRY_POINT_GROUP!r}: the "
                           "installed metadata of trmrl-bench predates it; reinstall the package "
                           "(pip install -e .)")
-    order = sorted(found, key=lambda name: (BUILT_IN_ORDER.index(name)
-                                            if name in BUILT_IN_ORDER else len(BUILT_IN_ORDER), name))
-    return {name: found[name] for name in order}
+    def rank(name: str) -> tuple[int, str]:
+        return (BUILT_IN_ORDER.index(name) if name in BUILT_IN_ORDER else len(BUILT_IN_ORDER), name)
+
+    return {name: found[name] for name in sorted(found, key=rank)}
 
 
 def _distribution(entry: importlib.metadata.EntryPoint) -> str:
