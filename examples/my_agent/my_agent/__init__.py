@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.agents.ppo_agent import ModelOutput, PPOAgent, to_device
 from trmrl.errors import ConfigError
+from trmrl.nn import RunningNormalizer, mlp, scale_leading
 from trmrl.ppo import PPOConfig
 
 
@@ -34,16 +35,18 @@ class WorkingMemoryConfig(PPOConfig):
 
 
 class WorkingMemoryMLP(nn.Module):
-    def __init__(self, in_dim: int, act_dim: int, config: WorkingMemoryConfig):
+    def __init__(self, in_dim: int, act_dim: int, config: WorkingMemoryConfig,
+                 normalizer: RunningNormalizer | None):
         super().__init__()
+        self.normalizer = normalizer  # None unless normalize_observations
         self.policy = mlp([in_dim, *config.hidden, act_dim], out_gain=0.01)
         self.value = mlp([in_dim, *config.hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(config.init_std)))
 
-    def forward(self, inputs: dict[str, torch.Tensor]):
+    def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
         """(action mean, value) of working memories ``inputs["x"]`` [..., in_dim]."""
-        x = inputs["x"]
-        return self.policy(x), self.value(x).squeeze(-1)
+        x = scale_leading(self.normalizer, inputs["x"])  # the observation comes first
+        return ModelOutput(self.policy(x), self.value(x).squeeze(-1))
 
     def policy_parameters(self):
         return [*self.policy.parameters(), self.log_std]
@@ -63,7 +66,7 @@ class WorkingMemoryAgent(PPOAgent):
     def build_model(self):
         suite = self.suite
         return WorkingMemoryMLP(suite.observation_dim + suite.action_dim + 2, suite.action_dim,
-                                self.config)
+                                self.config, self.obs_normalizer)
 
     # acting: PPOAgent's defaults feed each step's working memory as {"x": [N, in_dim]}
     def batch_inputs(self, batch):
