@@ -1,2 +1,3 @@
 """The paper's baselines, each an agent on the interfaces of :mod:`trmrl.agents` (registered
-in ``trmrl/agents/__init__.py``, defaults in ``trmrl/configs/<name>.yaml``)."""
+by the entry points ``trmrl.agents`` in pyproject.toml, defaults in
+``trmrl/configs/<name>.yaml``)."""

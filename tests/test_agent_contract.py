@@ -17,6 +17,7 @@ from toy_suite import ToyEnv, ToySuite
 from trmrl import config as cfg
 from trmrl.agents import AGENT_NAMES, Agent, agent_class
 from trmrl.agents.base import RunConfig
+from trmrl.agents.ppo_agent import PPOAgent
 from trmrl.cli import main
 from trmrl.envs import ENV_NAMES
 from trmrl.sampling import PolicyOutput, StepInput, TrialSampler
@@ -196,3 +197,54 @@ def test_training_on_a_pipelined_sampler_with_workers():
         expected = local.run(agent, suite.tasks("test", 0, 4), deterministic=True, call=5)
     np.testing.assert_allclose(batch.action, expected.action, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(batch.valid, expected.valid)
+
+
+PPO_AGENTS = [name for name in AGENT_NAMES if issubclass(agent_class(name), PPOAgent)]
+
+
+@pytest.mark.parametrize("name", PPO_AGENTS)
+def test_observation_normalisation_moves_between_iterations_only(name):
+    """normalize_observations, an option of the PPO agent base: the model scales with the
+    agent's normaliser, whose statistics move after each update, so the second iteration
+    acts and learns with the first's statistics (the PPO ratio starts at 1)."""
+    agent = make_agent(name, normalize_observations=True)
+    assert agent.model.normalizer is agent.obs_normalizer  # in the model's state: checkpointed
+    log_ratios, valid_steps = [], 0
+    with TrialSampler(agent.suite, num_envs=3) as sampler:
+        for i in range(2):
+            batch = sampler.run(agent, agent.suite.tasks("train", i, 3))
+            valid_steps += int(batch.valid.sum())
+            ratios = record_first_log_ratio(agent)
+            agent.update(batch)
+            log_ratios.append(ratios[0])
+    # acting one step at a time vs learning on the whole batch: float32 rounding
+    assert max(r.abs().max().item() for r in log_ratios) < 1e-5
+    assert agent.obs_normalizer.count.item() == valid_steps
+    # the model reads the statistics: without them it computes something else
+    inputs = agent.batch_inputs(batch)
+    if not agent.trial_minibatches:  # models of timestep samples read [samples, ...]
+        inputs = {k: v[torch.from_numpy(batch.valid)] for k, v in inputs.items()}
+    with torch.no_grad():
+        scaled = agent.model(inputs).mean
+        agent.obs_normalizer.mean.zero_()
+        agent.obs_normalizer.var.fill_(1.0)
+        assert not torch.allclose(scaled, agent.model(inputs).mean)
+
+
+def record_first_log_ratio(agent) -> list[torch.Tensor]:
+    """The log-ratio (valid samples) of the first policy-loss minibatch of the next update,
+    through whichever of evaluate (joint update) / evaluate_policy (policy phase) it calls."""
+    ratios = []
+
+    def recorder(method):
+        def recording(minibatch):
+            out = method(minibatch)
+            if not ratios:
+                valid = minibatch["weight"] > 0 if "weight" in minibatch else slice(None)
+                ratios.append((out[0] - minibatch["logp"]).detach()[valid])
+            return out
+        return recording
+
+    agent.evaluate = recorder(agent.evaluate)
+    agent.evaluate_policy = recorder(agent.evaluate_policy)
+    return ratios

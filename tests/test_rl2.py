@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from baselines.rl2 import RL2Agent, RL2Config
-from baselines.rl2.rl2 import make_gru, unroll_side_by_side
+from baselines.rl2.rl2 import unroll_side_by_side
 from test_agent_contract import step_input
 from test_train import sigkill_after_progress, train_args
 from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.cli import main
+from trmrl.nn import make_gru
 from trmrl.ppo import gaussian_log_prob
 from trmrl.sampling import TrialSampler
 
@@ -61,7 +62,7 @@ def test_acting_step_by_step_equals_the_batch_unroll(shared_gru, hidden):
     mean, value = act_sequence(agent, steps)
     x = torch.from_numpy(np.stack([s.augmented() for s in steps], 1))  # [3, 10, D]
     with torch.no_grad():
-        batch_mean, batch_value = agent.model({"x": x})
+        batch_mean, batch_value, *_ = agent.model({"x": x})
     torch.testing.assert_close(torch.from_numpy(mean), batch_mean, atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.from_numpy(value), batch_value, atol=1e-6, rtol=0)
 
@@ -164,7 +165,7 @@ def test_separate_value_gru_gets_no_policy_gradient():
     with TrialSampler(agent.suite, num_envs=4) as sampler:
         batch = sampler.run(agent, agent.suite.tasks("train", 0, 4))
     x = agent.batch_inputs(batch)["x"]
-    mean, value = agent.model({"x": x})
+    mean, value, *_ = agent.model({"x": x})
     gaussian_log_prob(mean, agent.model.log_std.expand_as(mean),
                       torch.from_numpy(batch.action)).sum().backward()
     # the two GRUs unroll side by side as one: the value GRU's share is exactly zero

@@ -149,7 +149,7 @@ def test_acting_and_learning_see_the_same_inputs(make):
         np.testing.assert_allclose(values, batch.extras["value"], rtol=1e-5, atol=1e-6)
         assert (values[~batch.valid] == 0).all()
     with torch.no_grad():
-        mean, value = agent.model(inputs)
+        mean, value, *_ = agent.model(inputs)
         logp = gaussian_log_prob(mean, agent.model.log_std.expand_as(mean),
                                  torch.from_numpy(batch.action)[valid])
     torch.testing.assert_close(logp, torch.from_numpy(batch.extras["logp"])[valid], atol=1e-5, rtol=1e-5)
@@ -307,7 +307,7 @@ def test_tiny_training_run_improves_a_learnable_task():
 
 
 def test_running_normalizer_matches_batch_moments():
-    from trmrl.agents.reference import RunningNormalizer
+    from trmrl.nn import RunningNormalizer
     rng = np.random.default_rng(0)
     data = rng.normal(5.0, 3.0, size=(1000, 4))
     norm = RunningNormalizer(4)

@@ -305,7 +305,7 @@ def test_acting_and_learning_agree_under_v4():
     valid = torch.from_numpy(batch.valid)
     inputs = {k: v[valid] for k, v in agent.batch_inputs(batch).items()}
     with torch.no_grad():
-        _, value = agent.model(inputs)
+        value = agent.model(inputs).value
         logp = agent.evaluate_policy({"action": torch.from_numpy(batch.action)[valid],
                                       **{"input_" + k: v for k, v in inputs.items()}})[0]
     # batch rows vs one row at a time: float32 rounding

@@ -163,9 +163,12 @@ REJECTIONS = [
                                        "('stpes' was unexpected); valid keys: experiment, "
                                        "agents, envs, seeds, steps")),
     ({"resources": {"train": {"memory": 4}}}, "at `resources.train`: Additional properties"),
-    ({"agents": ["trmrl", "transformer"]}, ("at `agents.1`: 'transformer' is not one of "
-                                            "['trmrl', 'rl2', 'maml', 'pearl', 'varibad', "
-                                            "'oracle', 'memoryless']")),
+    ({"agents": ["trmrl", "transformer"]}, ("at `agents.1`: agent 'transformer' is unknown; "
+                                            "available agents: trmrl, rl2, varibad, maml, "
+                                            "pearl, oracle, memoryless")),
+    ({"agents": ["trmrl", "Transformer"]}, "at `agents.1`: 'Transformer' does not match"),
+    ({"hyperparameters": {"transformer": {"default": {"layers": 2}}}},
+     "at `hyperparameters.transformer`: agent 'transformer' is unknown; available agents: trmrl"),
     ({"envs": ["cheetah-vel", "cheetah-speed"]}, ("at `envs.1`: 'cheetah-speed' is not one "
                                                   "of ['cheetah-vel', 'cheetah-dir'")),
     ({"steps": {"cheetah-vel": -5}}, "at `steps.cheetah-vel`: -5 is less than the minimum of 1"),

@@ -1,9 +1,10 @@
 """Hyperparameter resolution: dataclass defaults < versioned package YAML < user overrides.
 
-Each agent keeps its hyperparameters in one dataclass (a comment per field). The package
-YAML ``trmrl/configs/<agent>.yaml`` holds the per-env defaults, e.g. the paper's launch
-commands; ``--set key=value`` and the workflow config override them. Unknown keys and
-values of the wrong type are errors that name the key and what is allowed.
+Each agent keeps its hyperparameters in one dataclass (a comment per field). A package YAML
+(the file ``Agent.defaults`` names; ``trmrl/configs/<agent>.yaml`` for the built-in agents)
+holds the per-env defaults, e.g. the paper's launch commands; ``--set key=value`` and the
+workflow config override them. Unknown keys and values of the wrong type are errors that
+name the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -24,9 +25,26 @@ MAX_LAYER_WIDTH = 65_536  # units of one layer in a size tuple (hidden=[64, 64])
 
 
 def load_defaults(agent: str) -> dict[str, Any]:
-    """The package YAML of an agent: ``{"version": int, "default": {...}, "envs": {...}}``."""
-    text = resources.files("trmrl.configs").joinpath(f"{agent}.yaml").read_text()
-    return yaml.safe_load(text)
+    """The package YAML of an agent: ``{"version": int, "default": {...}, "envs": {...}}``,
+    from the resource its class names (``Agent.defaults``, "package:file.yaml")."""
+    from trmrl.agents import agent_class  # the registry imports the agents, which import this
+
+    cls = agent_class(agent)
+    spec = getattr(cls, "defaults", "")
+    package, _, file = spec.partition(":")
+    if not (package and file):
+        raise ConfigError(f"agent {agent!r} ({cls.__module__}.{cls.__qualname__}) names no "
+                          f"defaults file: set defaults = \"package:file.yaml\" (got {spec!r})")
+    try:
+        text = resources.files(package).joinpath(file).read_text()
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError) as error:
+        raise ConfigError(f"agent {agent!r}: its defaults file {spec!r} cannot be read "
+                          f"({error})") from None
+    data = yaml.safe_load(text)
+    if not (isinstance(data, dict) and isinstance(data.get("version"), int)):
+        raise ConfigError(f"agent {agent!r}: its defaults file {spec!r} must be a mapping with "
+                          "an integer `version` (and `default`, `envs`, `presets` mappings)")
+    return data
 
 
 def env_defaults(agent: str, env: str, preset: str = "") -> tuple[dict[str, Any], int]:

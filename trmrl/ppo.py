@@ -60,6 +60,8 @@ class PPOConfig(RunConfig):
     entropy_coef: float = 0.0  # entropy bonus
     max_grad_norm: float = 0.0  # gradient-norm clip (0: off, as in the released code)
     target_kl: float = 0.0  # end the iteration's updates after a step whose KL > 1.5x this (0: off)
+    # scale observations by a running mean/std (statistics updated after each iteration)
+    normalize_observations: bool = False
     # -- the update's form. Each default is the behaviour from before the key existed (old
     # run directories keep it); TrMRL's package YAML sets the released code's values
     # "joint": one loss (policy + value) and one AdamW step per minibatch; "policy_then_value":

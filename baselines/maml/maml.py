@@ -195,6 +195,7 @@ def episode_advantages(obs: np.ndarray, reward: np.ndarray, mask: np.ndarray, ga
 # ---------------------------------------------------------------------------------------
 class MAMLAgent(Agent):
     name = "maml"
+    defaults = "trmrl.configs:maml.yaml"
     collects_trainer_trials = False  # one-episode trials: pre- and post-update episodes on its own samplers
     config_class = MAMLConfig
     config: MAMLConfig

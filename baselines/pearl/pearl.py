@@ -479,6 +479,7 @@ class PEARLAgent(Agent):
     """PEARL: SAC on (s, z) with z inferred from context by a product-of-Gaussians encoder."""
 
     name = "pearl"
+    defaults = "trmrl.configs:pearl.yaml"
     collects_trainer_trials = False  # prior/posterior phases and the initial collection on its own samplers
     config_class = PEARLConfig
     config: PEARLConfig

@@ -26,16 +26,15 @@ policy's in a shared GRU (``shared_gru`` switches).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from trmrl.agents.ppo_agent import RecurrentPPOAgent, mlp, to_device
-from trmrl.agents.reference import RunningNormalizer
+from trmrl.agents.ppo_agent import ModelOutput, RecurrentPPOAgent, to_device
 from trmrl.errors import ConfigError
+from trmrl.nn import RunningNormalizer, float32_cudnn, gru_step, make_gru, mlp, scale_leading
 from trmrl.ppo import PPOConfig
 from trmrl.sampling import TrialBatch
 
@@ -56,7 +55,7 @@ class RL2Config(PPOConfig):
     shared_gru: bool = False  # policy and value read one GRU (else one GRU each)
     hidden: tuple[int, ...] = ()  # tanh MLP layers between the GRU state and the heads (): linear
     init_std: float = 0.5  # initial action standard deviation
-    normalize_observations: bool = True  # scale observations by a running mean/std
+    normalize_observations: bool = True  # PPOConfig's switch, on: scale observations
 
     def validate(self) -> None:
         super().validate()
@@ -66,22 +65,6 @@ class RL2Config(PPOConfig):
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)!r}")
         if self.init_std <= 0:
             raise ConfigError(f"init_std must be positive, got {self.init_std!r}")
-
-
-def make_gru(in_dim: int, size: int) -> nn.GRU:
-    """One GRU layer over [B, T, in], orthogonal weights and zero biases (as CleanRL's LSTM)."""
-    gru = nn.GRU(in_dim, size, batch_first=True)
-    for name, param in gru.named_parameters():
-        if name.startswith("weight"):
-            nn.init.orthogonal_(param)
-        else:
-            nn.init.zeros_(param)
-    return gru
-
-
-def gru_step(gru: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """One step of ``gru`` for a batch: x [N, in], h [N, size] -> the new h [N, size]."""
-    return torch.gru_cell(x, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
 
 
 def unroll_side_by_side(first: nn.GRU, second: nn.GRU, x: torch.Tensor):
@@ -108,36 +91,20 @@ def unroll_side_by_side(first: nn.GRU, second: nn.GRU, x: torch.Tensor):
     return out[..., :size], out[..., size:]
 
 
-@contextlib.contextmanager
-def float32_cudnn(device: torch.device):
-    """cuDNN runs float32 RNNs in TF32 by default on Ampere and later GPUs, while the acting
-    step (cuBLAS) is full float32: without this, acting and learning would disagree by
-    ~1e-3 and the PPO ratio would not start at 1. Scoped to the call (this package has no
-    other cuDNN op)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
-
-
 class RL2Model(nn.Module):
     """GRU(s) over augmented inputs -> Gaussian policy mean (learned std) and value.
 
-    ``forward`` takes {"x": [N, in], "state": [N, state_size]} while acting (one step, sets
-    ``last_state`` to the new state and ``last_memory`` to the policy GRU's) or
-    {"x": [B, T, in]} when learning (whole trials from the zero state).
+    ``forward`` takes {"x": [N, in], "state": [N, state_size]} while acting (one step; the
+    output carries the new state and, as its latent, the policy GRU's) or {"x": [B, T, in]}
+    when learning (whole trials from the zero state).
     """
 
-    def __init__(self, in_dim: int, obs_dim: int, act_dim: int, config: RL2Config):
+    def __init__(self, in_dim: int, act_dim: int, config: RL2Config,
+                 normalizer: RunningNormalizer | None = None):
         super().__init__()
         self.gru_size = config.gru_size
-        # scales the first obs_dim inputs (the observation); a_{t-1}, r_{t-1}, d_t pass unchanged
-        self.normalizer = RunningNormalizer(obs_dim) if config.normalize_observations else None
+        # scales the leading inputs (the observation); a_{t-1}, r_{t-1}, d_t pass unchanged
+        self.normalizer = normalizer
         self.policy_gru = make_gru(in_dim, config.gru_size)
         self.value_gru = None if config.shared_gru else make_gru(in_dim, config.gru_size)
         self.state_size = config.gru_size * (1 if config.shared_gru else 2)
@@ -145,26 +112,27 @@ class RL2Model(nn.Module):
         self.value = mlp([config.gru_size, *config.hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(config.init_std)))
 
-    def forward(self, inputs: dict[str, torch.Tensor]):
-        x = inputs["x"]
-        if self.normalizer is not None:
-            obs_dim = self.normalizer.mean.shape[0]
-            x = torch.cat([self.normalizer(x[..., :obs_dim]), x[..., obs_dim:]], -1)
+    def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        x = scale_leading(self.normalizer, inputs["x"])
         if "state" in inputs:  # acting: one cell step for every trial
             state, H = inputs["state"], self.gru_size
             h_policy = gru_step(self.policy_gru, x, state[:, :H])
-            h_value = h_policy if self.value_gru is None else gru_step(self.value_gru, x, state[:, H:])
-            self.last_memory = h_policy  # what the policy acts on (latent maps)
-            self.last_state = h_policy if self.value_gru is None else torch.cat([h_policy, h_value], 1)
-        else:  # learning: whole trials, [B, T, in]
-            with float32_cudnn(x.device):
-                if self.value_gru is None:
-                    h_policy = h_value = self.policy_gru(x)[0]
-                elif x.device.type == "cpu":
-                    h_policy, h_value = unroll_side_by_side(self.policy_gru, self.value_gru, x)
-                else:  # cuDNN runs each GRU fast; the combined weights would cost a copy per call
-                    h_policy, h_value = self.policy_gru(x)[0], self.value_gru(x)[0]
-        return self.policy(h_policy), self.value(h_value).squeeze(-1)
+            if self.value_gru is None:
+                new_state = h_value = h_policy
+            else:
+                h_value = gru_step(self.value_gru, x, state[:, H:])
+                new_state = torch.cat([h_policy, h_value], 1)
+            # the latent: what the policy acts on (latent maps)
+            return ModelOutput(self.policy(h_policy), self.value(h_value).squeeze(-1),
+                               state=new_state, latent=h_policy)
+        with float32_cudnn(x.device):  # learning: whole trials, [B, T, in]
+            if self.value_gru is None:
+                h_policy = h_value = self.policy_gru(x)[0]
+            elif x.device.type == "cpu":
+                h_policy, h_value = unroll_side_by_side(self.policy_gru, self.value_gru, x)
+            else:  # cuDNN runs each GRU fast; the combined weights would cost a copy per call
+                h_policy, h_value = self.policy_gru(x)[0], self.value_gru(x)[0]
+        return ModelOutput(self.policy(h_policy), self.value(h_value).squeeze(-1))
 
     def policy_parameters(self):
         return [*self.policy_gru.parameters(), *self.policy.parameters(), self.log_std]
@@ -178,23 +146,16 @@ class RL2Agent(RecurrentPPOAgent):
     """RL2: a GRU over (s, a, r, d) carried across the episodes of a trial, trained with PPO."""
 
     name = "rl2"
+    defaults = "trmrl.configs:rl2.yaml"
     config_class = RL2Config
     config: RL2Config
     trial_minibatches = True  # the GRU must see each trial from its start
 
     def build_model(self):
         obs_dim, act_dim = self.suite.observation_dim, self.suite.action_dim
-        return RL2Model(obs_dim + act_dim + 2, obs_dim, act_dim, self.config)
+        return RL2Model(obs_dim + act_dim + 2, act_dim, self.config, self.obs_normalizer)
 
     # acting: RecurrentPPOAgent carries the GRU state of every trial
     # -- the same inputs for whole trials ------------------------------------------------------
     def batch_inputs(self, batch: TrialBatch):
         return {"x": to_device(batch.augmented_inputs(), self.device)}
-
-    def update(self, batch: TrialBatch) -> dict[str, float]:
-        # statistics move between iterations only, so acting and learning in one
-        # iteration see identically scaled inputs (the PPO ratio starts at 1)
-        metrics = super().update(batch)
-        if self.model.normalizer is not None:
-            self.model.normalizer.update(to_device(batch.obs[batch.valid], self.device))
-        return metrics

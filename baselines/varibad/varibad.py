@@ -36,10 +36,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from baselines.rl2.rl2 import float32_cudnn, gru_step, make_gru
-from trmrl.agents.ppo_agent import RecurrentPPOAgent, mlp, to_device
-from trmrl.agents.reference import RunningNormalizer
+from trmrl.agents.ppo_agent import ModelOutput, RecurrentPPOAgent, to_device
 from trmrl.errors import ConfigError
+from trmrl.nn import RunningNormalizer, float32_cudnn, gru_step, make_gru, mlp, scale_leading
 from trmrl.ppo import PPOConfig, gaussian_kl
 from trmrl.sampling import TrialBatch
 
@@ -62,7 +61,7 @@ class VariBADConfig(PPOConfig):
     # the policy
     policy_hidden: tuple[int, ...] = (128, 128)  # tanh MLP of policy and value on (s, belief)
     init_std: float = 1.0  # initial action standard deviation
-    normalize_observations: bool = True  # running mean/std scaling of observations
+    normalize_observations: bool = True  # PPOConfig's switch, on: scale observations
     # PPO sees rewards / running std of the discounted return (published; the YAML sets it,
     # False here because a new key must default to the behaviour from before it existed)
     normalize_rewards: bool = False
@@ -131,16 +130,18 @@ class BeliefEncoder(nn.Module):
 class VariBADModel(nn.Module):
     """Encoder + reward decoder (the VAE) and the policy/value MLPs on (s, belief).
 
-    ``forward`` takes {"x": [N, in], "state": [N, H]} while acting (one encoder step; sets
-    ``last_state`` and ``last_memory``, the belief mean) or {"obs": [M, obs], "belief":
-    [M, 2 * latent]} when learning (beliefs recorded by the encoder, detached).
+    ``forward`` takes {"x": [N, in], "state": [N, H]} while acting (one encoder step; the
+    output carries the new state and, as its latent, the belief mean) or {"obs": [M, obs],
+    "belief": [M, 2 * latent]} when learning (beliefs recorded by the encoder, detached).
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, config: VariBADConfig):
+    def __init__(self, obs_dim: int, act_dim: int, config: VariBADConfig,
+                 normalizer: RunningNormalizer | None = None):
         super().__init__()
         self.latent_dim = config.latent_dim
         self.state_size = config.encoder_gru  # the recurrent state carried while acting
-        self.normalizer = RunningNormalizer(obs_dim) if config.normalize_observations else None
+        # one observation scaling for encoder, decoder and policy
+        self.normalizer = normalizer
         self.encoder = BeliefEncoder(obs_dim, act_dim, config)
         # r_j from (m, s_j, a_j, s_{j+1})
         self.decoder = mlp([config.latent_dim + 2 * obs_dim + act_dim, *config.decoder_hidden, 1],
@@ -150,29 +151,27 @@ class VariBADModel(nn.Module):
         self.value = mlp([in_dim, *config.policy_hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(config.init_std)))
 
-    def scale(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs if self.normalizer is None else self.normalizer(obs)
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Observations, or working memories (observation first), with the observation scaled."""
+        return scale_leading(self.normalizer, x)
 
-    def scale_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Working memories with the observation part scaled."""
-        o = self.encoder.obs_dim
-        return torch.cat([self.scale(x[..., :o]), x[..., o:]], -1)
-
-    def forward(self, inputs: dict[str, torch.Tensor]):
+    def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        h = None
         if "state" in inputs:  # acting: one encoder step for every trial
             x = inputs["x"]
-            h = self.encoder.step(self.scale_inputs(x), inputs["state"])
+            h = self.encoder.step(self.scale(x), inputs["state"])
             belief = self.encoder.belief(h)
-            self.last_state, self.last_memory = h, belief[:, :self.latent_dim]
             obs = x[:, :self.encoder.obs_dim]
         else:
             obs, belief = inputs["obs"], inputs["belief"]
         features = torch.cat([self.scale(obs), belief.detach()], -1)
-        return self.policy(features), self.value(features).squeeze(-1)
+        latent = None if h is None else belief[:, :self.latent_dim]  # the belief mean
+        return ModelOutput(self.policy(features), self.value(features).squeeze(-1),
+                           state=h, latent=latent)
 
     def beliefs(self, x: torch.Tensor) -> torch.Tensor:
         """Beliefs [B, T, 2 * latent] at every step of whole trials x [B, T, in] (raw obs)."""
-        return self.encoder.belief(self.encoder.unroll(self.scale_inputs(x)))
+        return self.encoder.belief(self.encoder.unroll(self.scale(x)))
 
     def policy_parameters(self):
         return [*self.policy.parameters(), self.log_std]
@@ -196,7 +195,7 @@ def elbo_loss(model: VariBADModel, trials: dict[str, torch.Tensor], config: Vari
     B, T = valid.shape
     device, L = x.device, config.latent_dim
     length = valid.sum(1)  # [B]
-    h = model.encoder.unroll(model.scale_inputs(x))  # [B, T, H]
+    h = model.encoder.unroll(model.scale(x))  # [B, T, H]
     h = torch.cat([torch.zeros_like(h[:, :1]), h], 1)  # index 0: the prior (h = 0)
     mu, logvar = model.encoder.belief(h).split(L, -1)  # [B, T + 1, L]
 
@@ -305,6 +304,7 @@ class VariBADAgent(RecurrentPPOAgent):
     """VariBAD: a VAE belief over the task (GRU encoder, reward decoder) + PPO on (s, belief)."""
 
     name = "varibad"
+    defaults = "trmrl.configs:varibad.yaml"
     config_class = VariBADConfig
     config: VariBADConfig
 
@@ -316,7 +316,8 @@ class VariBADAgent(RecurrentPPOAgent):
         self.return_stats = RunningNormalizer(1).to(device)
 
     def build_model(self):
-        return VariBADModel(self.suite.observation_dim, self.suite.action_dim, self.config)
+        return VariBADModel(self.suite.observation_dim, self.suite.action_dim, self.config,
+                            self.obs_normalizer)
 
     # acting: RecurrentPPOAgent carries the encoder's GRU state of every trial
 
@@ -341,11 +342,11 @@ class VariBADAgent(RecurrentPPOAgent):
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
         if self.config.normalize_rewards:
-            metrics = super().update(dataclasses.replace(batch, reward=self.scaled_rewards(batch)))
+            metrics = self.update_ppo(dataclasses.replace(batch, reward=self.scaled_rewards(batch)))
             returns = discounted_returns_so_far(batch.reward, self.config.gamma)[batch.valid]
             self.return_stats.update(to_device(returns[:, None], self.device))
         else:
-            metrics = super().update(batch)
+            metrics = self.update_ppo(batch)
         self.buffer.add(self.trials(batch))
         for _ in range(self.config.vae_updates):
             loss, vae_stats = elbo_loss(self.model, self.buffer.sample(self.config.vae_batch_trials,
@@ -360,9 +361,7 @@ class VariBADAgent(RecurrentPPOAgent):
         self.vae_optimizer.zero_grad(set_to_none=True)
         if self.config.vae_updates:
             metrics.update(vae_stats)
-        # statistics move between iterations only (acting and learning scale alike)
-        if self.model.normalizer is not None:
-            self.model.normalizer.update(to_device(batch.obs[batch.valid], self.device))
+        self.update_observation_statistics(batch)  # last: acting and learning scale alike
         return metrics
 
     # -- checkpoints: PPO's state plus the VAE optimiser and buffer ----------------------------

@@ -92,10 +92,13 @@ class IterationResult:
 
 
 class Agent(abc.ABC):
-    """Base class of every agent; subclasses set ``name`` and ``config_class``."""
+    """Base class of every agent; subclasses set ``name``, ``config_class`` and ``defaults``."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # as registered in the entry-point group trmrl.agents
     config_class: ClassVar[type[RunConfig]]
+    # the versioned YAML of per-env defaults ({version, default, envs, presets}), as
+    # "package:file" inside an importable package, so that it ships with the agent's wheel
+    defaults: ClassVar[str]
     # False for agents that collect with samplers of their own (MAML's one-episode trials,
     # PEARL's prior/posterior phases): the trainer's sampler then starts no worker processes
     collects_trainer_trials: ClassVar[bool] = True

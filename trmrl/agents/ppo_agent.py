@@ -1,16 +1,20 @@
 """On-policy Gaussian agents trained with :mod:`trmrl.ppo` (TrMRL and the reference agents).
 
-A subclass supplies a model (``forward(inputs) -> (action mean, value)`` where ``inputs`` is
-a dict of tensors, a ``log_std`` parameter, and its policy/value parameter split) and two
-views of the same inputs: while acting, its memory (``initial_memory``), the step's rows
-(``step_features``) and how a step turns both into model inputs (``advance``, device ops
-only); and ``batch_inputs`` for a whole batch of trials when learning. The two must agree
-exactly; the tests check that the PPO ratio is 1 before the first gradient step.
+A subclass supplies a model (``forward(inputs) -> ModelOutput(action mean, value)`` where
+``inputs`` is a dict of tensors, a ``log_std`` parameter, and its policy/value parameter
+split) and two views of the same inputs: while acting, its memory (``initial_memory``), the
+step's rows (``step_features``) and how a step turns both into model inputs (``advance``,
+device ops only); and ``batch_inputs`` for a whole batch of trials when learning. The two
+must agree exactly; the tests check that the PPO ratio is 1 before the first gradient step.
 
 Two switches for recurrent agents (RL2): ``trial_minibatches = True`` makes PPO's samples
 whole trials (the model gets [trials, T, ...] inputs and returns [trials, T] outputs) instead
-of timesteps, and a model that sets ``last_state`` in its acting forward has that state kept
-as ``memory["state"]`` for the next step (:class:`RecurrentPPOAgent`, for RL2 and VariBAD).
+of timesteps, and a model whose acting forward returns a ``state`` has it kept as
+``memory["state"]`` for the next step (:class:`RecurrentPPOAgent`, for RL2 and VariBAD).
+
+With ``normalize_observations`` the agent owns a :class:`~trmrl.nn.RunningNormalizer` of
+the observation, handed to ``build_model`` (``self.obs_normalizer``, None when off); the
+model scales its inputs with it, and the statistics move after each update.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import logging
 import os
 import shutil
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from trmrl.agents.base import Agent, IterationResult
+from trmrl.nn import RunningNormalizer
 from trmrl.ppo import (GraphedPPOUpdate, JointLoss, PolicyLoss, PPOConfig, UpdatePhase, ValueLoss,
                        discounted_returns, gae, gaussian_entropy, gaussian_log_prob,
                        graphed_update, make_optimizer, ppo_update)
@@ -36,16 +41,15 @@ from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
 log = logging.getLogger(__name__)
 
 
-def mlp(sizes: list[int], activation=nn.Tanh, out_gain: float = 1.0) -> nn.Sequential:
-    """Linear layers with ``activation`` between them, Xavier-initialised, zero biases."""
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        linear = nn.Linear(fan_in, fan_out)
-        last = i == len(sizes) - 2
-        nn.init.xavier_uniform_(linear.weight, gain=out_gain if last else 1.0)
-        nn.init.zeros_(linear.bias)
-        layers += [linear] if last else [linear, activation()]
-    return nn.Sequential(*layers)
+class ModelOutput(NamedTuple):
+    """What a PPO agent's model returns."""
+
+    mean: torch.Tensor  # the action mean [..., act_dim]
+    value: torch.Tensor | None  # the value [...]; None where the caller asked for none
+    # the recurrent state after this step (acting, recurrent models): the agent keeps it as
+    # memory["state"] for the next step
+    state: torch.Tensor | None = None
+    latent: torch.Tensor | None = None  # what the policy acts on, for latent maps (acting)
 
 
 class PPOAgent(Agent):
@@ -62,6 +66,9 @@ class PPOAgent(Agent):
     def __init__(self, config: PPOConfig, suite, device, seed):
         super().__init__(config, suite, device, seed)
         torch.manual_seed(seed)  # parameter initialisation
+        # build_model hands it to the model (whose state it is part of); update moves it
+        self.obs_normalizer = (RunningNormalizer(suite.observation_dim)
+                               if config.normalize_observations else None)
         self.model = self.build_model()
         if config.value_loss == "gaussian_nll":  # the value's log std, learned (std 1 at first)
             self.model.register_parameter("value_log_std", nn.Parameter(torch.zeros(())))
@@ -137,8 +144,8 @@ class PPOAgent(Agent):
     def advance(self, memory: dict[str, torch.Tensor], x: torch.Tensor):
         """(model inputs, memory) for this step, from the memory so far and the step's rows
         ``x`` [N, D] on the device. Device ops only: on a GPU they are replayed from one CUDA
-        graph with the model. A model that sets ``last_state`` in its acting forward has it
-        kept as ``memory["state"]`` for the next step."""
+        graph with the model. A model whose output has a ``state`` has it kept as
+        ``memory["state"]`` for the next step."""
         return {"x": x}, memory
 
     @abc.abstractmethod
@@ -170,10 +177,9 @@ class PPOAgent(Agent):
         else:
             noise = (torch.zeros(rows, act_dim) if deterministic
                      else torch.randn(rows, act_dim, generator=self.generator))
-            action, logp, value, self.memory = self.acting_step(
+            action, logp, value, self.memory, latent = self.acting_step(
                 self.memory, to_device(features, self.device), noise.to(self.device))
             out = torch.cat(pack(action, logp, value), 1).cpu().numpy()
-            latent = getattr(self.model, "last_memory", None)
         extras = {"logp": out[:, act_dim]}
         if not self.values_from_batch:
             extras["value"] = out[:, act_dim + 1]
@@ -182,17 +188,16 @@ class PPOAgent(Agent):
         return PolicyOutput(out[:, :act_dim], extras)
 
     def acting_step(self, memory: dict[str, torch.Tensor], x: torch.Tensor, noise: torch.Tensor):
-        """One step of every trial: (action, log-prob, value, memory after it); the value is
-        None with ``values_from_batch``. ``noise`` [N, act_dim] is standard normal; zeros act
-        deterministically (the mean)."""
+        """One step of every trial: (action, log-prob, value, memory after it, the model's
+        latent or None); the value is None with ``values_from_batch``. ``noise`` [N, act_dim]
+        is standard normal; zeros act deterministically (the mean)."""
         inputs, memory = self.advance(memory, x)
-        mean, value = self.model(inputs, value=False) if self.values_from_batch else self.model(inputs)
-        state = getattr(self.model, "last_state", None)
-        if state is not None:
-            memory = {**memory, "state": state}
-        log_std = self.action_log_std().expand_as(mean)
-        action = mean + log_std.exp() * noise
-        return action, gaussian_log_prob(mean, log_std, action), value, memory
+        out = self.model(inputs, value=False) if self.values_from_batch else self.model(inputs)
+        if out.state is not None:
+            memory = {**memory, "state": out.state}
+        log_std = self.action_log_std().expand_as(out.mean)
+        action = out.mean + log_std.exp() * noise
+        return action, gaussian_log_prob(out.mean, log_std, action), out.value, memory, out.latent
 
     def acting_view(self) -> PPOAgent:
         """This agent with a memory of its own, for a pipelined sampler's second half of envs.
@@ -216,6 +221,20 @@ class PPOAgent(Agent):
         return IterationResult(batch.env_steps, batch.episode_return, batch.episode_success, metrics)
 
     def update(self, batch: TrialBatch) -> dict[str, float]:
+        """PPO on the batch, then the observation statistics (see update_observation_statistics)."""
+        metrics = self.update_ppo(batch)
+        self.update_observation_statistics(batch)
+        return metrics
+
+    def update_observation_statistics(self, batch: TrialBatch) -> None:
+        """Merge the batch's observations into the running normaliser, if any. Called last in
+        an iteration's update: statistics move between iterations only, so that acting and
+        learning in one iteration scale inputs alike (the PPO ratio starts at 1)."""
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.update(to_device(batch.obs[batch.valid], self.device))
+
+    def update_ppo(self, batch: TrialBatch) -> dict[str, float]:
+        """PPO's epochs over the batch: policy and value."""
         valid = batch.valid
         inputs = self.batch_inputs(batch)
         if self.trial_minibatches:  # whole trials, [N, T, ...]; the padding weighs 0
@@ -265,7 +284,7 @@ class PPOAgent(Agent):
         num = len(next(iter(inputs.values())))
         # model.forward, not model(): uncompiled, since a compiled call would compile anew
         # for every batch size it meets
-        parts = [self.model.forward({k: v[lo:lo + chunk] for k, v in inputs.items()})[1]
+        parts = [self.model.forward({k: v[lo:lo + chunk] for k, v in inputs.items()}).value
                  for lo in range(0, num, chunk)]
         values = np.zeros(valid.shape, np.float32)
         values[valid] = torch.cat(parts).cpu().numpy()
@@ -273,9 +292,10 @@ class PPOAgent(Agent):
 
     def evaluate(self, minibatch: dict[str, torch.Tensor]):
         """(log-prob, entropy, value) of a minibatch of samples under the current model."""
-        mean, value = self.model(model_inputs(minibatch))
-        log_std = self.action_log_std().expand_as(mean)
-        return gaussian_log_prob(mean, log_std, minibatch["action"]), gaussian_entropy(log_std), value
+        out = self.model(model_inputs(minibatch))
+        log_std = self.action_log_std().expand_as(out.mean)
+        return (gaussian_log_prob(out.mean, log_std, minibatch["action"]), gaussian_entropy(log_std),
+                out.value)
 
     def evaluate_policy(self, minibatch: dict[str, torch.Tensor]):
         """(log-prob, entropy) for the policy phase; agents whose model can skip the value
@@ -345,7 +365,7 @@ class RecurrentPPOAgent(PPOAgent):
         return {"state": torch.zeros(num_trials, self.model.state_size, device=self.device)}
 
     def advance(self, memory, x):
-        return {"x": x, "state": memory["state"]}, memory  # the forward's last_state comes next
+        return {"x": x, "state": memory["state"]}, memory  # the forward's new state comes next
 
 
 class GraphedActing:
@@ -370,10 +390,10 @@ class GraphedActing:
         self.memory = agent.initial_memory(rows)
 
         def step():
-            action, logp, value, memory = agent.acting_step(self.memory, x, noise)
+            action, logp, value, memory, latent = agent.acting_step(self.memory, x, noise)
             for key, after in memory.items():
                 self.memory[key].copy_(after)
-            return torch.cat(pack(action, logp, value), 1), getattr(agent.model, "last_memory", None)
+            return torch.cat(pack(action, logp, value), 1), latent
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

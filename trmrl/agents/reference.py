@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from trmrl.agents.ppo_agent import PPOAgent, mlp, to_device
+from trmrl.agents.ppo_agent import ModelOutput, PPOAgent, to_device
+from trmrl.nn import RunningNormalizer, mlp, scale_leading
 from trmrl.ppo import PPOConfig
 
 
@@ -22,55 +23,21 @@ from trmrl.ppo import PPOConfig
 class ReferenceConfig(PPOConfig):
     hidden: tuple[int, ...] = (64, 64)  # tanh MLP sizes of policy and value
     init_std: float = 0.5  # initial action standard deviation
-    normalize_observations: bool = False  # scale observations by a running mean/std
-
-
-class RunningNormalizer(nn.Module):
-    """Observation scaling by running mean and variance, updated once per training batch.
-
-    An option for inputs of very different scales, e.g. HalfCheetah's absolute torso x (up
-    to ~30 m in an episode) next to joint angles.
-    """
-
-    def __init__(self, dim: int, clip: float = 10.0):
-        super().__init__()
-        self.clip = clip
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Merge the moments of ``x`` [M, dim] (Chan et al.'s parallel update)."""
-        x = x.to(torch.float64)
-        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
-        total = self.count + n
-        delta = mean - self.mean
-        self.var.copy_((self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total)
-        self.mean.add_(delta * n / total)
-        self.count.copy_(total)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = (x - self.mean.float()) / (self.var.float() + 1e-8).sqrt()
-        return scaled.clamp(-self.clip, self.clip)
 
 
 class GaussianMLP(nn.Module):
     def __init__(self, in_dim: int, act_dim: int, hidden: tuple[int, ...], init_std: float,
-                 obs_dim: int = 0, normalize: bool = False):
+                 normalizer: RunningNormalizer | None = None):
         super().__init__()
-        # scales the first obs_dim inputs (the observation); task features pass unchanged
-        self.normalizer = RunningNormalizer(obs_dim) if normalize else None
+        # scales the leading inputs (the observation); task features pass unchanged
+        self.normalizer = normalizer
         self.policy = mlp([in_dim, *hidden, act_dim], out_gain=0.01)
         self.value = mlp([in_dim, *hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(init_std))))
 
     def forward(self, inputs):
-        x = inputs["x"]
-        if self.normalizer is not None:
-            obs_dim = self.normalizer.mean.shape[0]
-            x = torch.cat([self.normalizer(x[..., :obs_dim]), x[..., obs_dim:]], -1)
-        return self.policy(x), self.value(x).squeeze(-1)
+        x = scale_leading(self.normalizer, inputs["x"])
+        return ModelOutput(self.policy(x), self.value(x).squeeze(-1))
 
     def policy_parameters(self):
         return [*self.policy.parameters(), self.log_std]
@@ -83,21 +50,13 @@ class MemorylessAgent(PPOAgent):
     """PPO MLP on the current observation alone: the lower bound of every env."""
 
     name = "memoryless"
+    defaults = "trmrl.configs:memoryless.yaml"
     config_class = ReferenceConfig
     config: ReferenceConfig
 
     def build_model(self):
         return GaussianMLP(self.input_dim(), self.suite.action_dim, self.config.hidden,
-                           self.config.init_std, self.suite.observation_dim,
-                           self.config.normalize_observations)
-
-    def update(self, batch):
-        # statistics move between iterations only, so acting and learning in one
-        # iteration see identically scaled inputs (the PPO ratio starts at 1)
-        metrics = super().update(batch)
-        if self.model.normalizer is not None:
-            self.model.normalizer.update(to_device(batch.obs[batch.valid], self.device))
-        return metrics
+                           self.config.init_std, self.obs_normalizer)
 
     def input_dim(self) -> int:
         return self.suite.observation_dim
@@ -113,6 +72,7 @@ class OracleAgent(MemorylessAgent):
     """PPO MLP that also observes the task parameters: the upper bound of every env."""
 
     name = "oracle"
+    defaults = "trmrl.configs:oracle.yaml"
 
     def input_dim(self) -> int:
         probe = self.suite.tasks("test", 0, 1)[0]

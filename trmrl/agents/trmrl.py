@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trmrl.agents.ppo_agent import PPOAgent, mlp, model_inputs, to_device
-from trmrl.ppo import PPOConfig, gaussian_entropy, gaussian_log_prob
+from trmrl.agents.ppo_agent import ModelOutput, PPOAgent, model_inputs, to_device
 from trmrl.errors import ConfigError
+from trmrl.nn import RunningNormalizer, mlp, scale_leading
+from trmrl.ppo import PPOConfig, gaussian_entropy, gaussian_log_prob
 from trmrl.sampling import StepInput, TrialBatch, augment
 
 
@@ -209,8 +210,11 @@ def tfixup_init(encoder: WorkingMemoryEncoder, num_layers: int, d_model: int) ->
 
 
 class TrMRLModel(nn.Module):
-    def __init__(self, in_dim: int, act_dim: int, config: TrMRLConfig):
+    def __init__(self, in_dim: int, act_dim: int, config: TrMRLConfig,
+                 normalizer: RunningNormalizer | None = None):
         super().__init__()
+        # scales the observation in each working memory (normalize_observations)
+        self.normalizer = normalizer
         self.policy_encoder = WorkingMemoryEncoder(in_dim, config)
         self.shared = config.shared_encoder
         self.value_encoder = (WorkingMemoryEncoder(in_dim, config)
@@ -222,18 +226,18 @@ class TrMRLModel(nn.Module):
         self.value = mlp([value_in, *config.hidden, 1])
         self.log_std = nn.Parameter(torch.full((act_dim,), float(np.log(config.init_std))))
 
-    def forward(self, inputs: dict[str, torch.Tensor], value: bool = True):
-        """(action mean, value) of windows; value None with ``value=False`` (acting)."""
-        windows, filled = inputs["windows"], inputs["filled"]
+    def forward(self, inputs: dict[str, torch.Tensor], value: bool = True) -> ModelOutput:
+        """(action mean, value) of windows; value None with ``value=False`` (acting). The
+        latent is the episodic memory, for latent maps."""
+        windows, filled = scale_leading(self.normalizer, inputs["windows"]), inputs["filled"]
         memory = self.policy_encoder(windows, filled)
-        self.last_memory = memory.detach()  # the episodic memory, for latent maps
-        if not value:
-            return self.policy(memory), None
-        return self.policy(memory), self.values(inputs, memory if self.shared else None)
+        mean = self.policy(memory)
+        values = self.values(inputs, memory if self.shared else None) if value else None
+        return ModelOutput(mean, values, latent=memory.detach())
 
     def values(self, inputs: dict[str, torch.Tensor], policy_memory: torch.Tensor | None = None):
         """Values [B] of windows (``policy_memory``: the policy encoder's output, if known)."""
-        windows, filled = inputs["windows"], inputs["filled"]
+        windows, filled = scale_leading(self.normalizer, inputs["windows"]), inputs["filled"]
         if self.shared:
             value_in = self.policy_encoder(windows, filled) if policy_memory is None else policy_memory
         elif self.value_encoder is not None:
@@ -254,19 +258,20 @@ class TrMRLAgent(PPOAgent):
     """TrMRL: causal transformer over working memories (T-Fixup, no LayerNorm) + PPO."""
 
     name = "trmrl"
+    defaults = "trmrl.configs:trmrl.yaml"
     config_class = TrMRLConfig
     config: TrMRLConfig
     values_from_batch = True  # acting runs the policy encoder alone
 
     def build_model(self):
         self.in_dim = self.suite.observation_dim + self.suite.action_dim + 2
-        return TrMRLModel(self.in_dim, self.suite.action_dim, self.config)
+        return TrMRLModel(self.in_dim, self.suite.action_dim, self.config, self.obs_normalizer)
 
     def value_reads_policy_parameters(self) -> bool:
         return self.config.shared_encoder
 
     def evaluate_policy(self, minibatch):
-        mean, _ = self.model(model_inputs(minibatch), value=False)
+        mean = self.model(model_inputs(minibatch), value=False).mean
         log_std = self.action_log_std().expand_as(mean)
         return gaussian_log_prob(mean, log_std, minibatch["action"]), gaussian_entropy(log_std)
 

@@ -131,7 +131,10 @@ def check_hyperparameters(config, agents):
     if config["ablations"].get("studies"):
         grid_agents.add(config["ablations"]["agent"])
     for scope, by_env in config["hyperparameters"].items():
-        # agents outside the grid may keep settings for later (names are checked by the schema)
+        if scope != "all" and scope not in agents:
+            raise config_error(["hyperparameters", scope], f"agent {scope!r} is unknown; "
+                               f"available agents: {', '.join(agents)}")
+        # agents outside the grid may keep settings for later
         targets = sorted(grid_agents) if scope == "all" else [scope] if scope in grid_agents else []
         for env_key, values in by_env.items():
             env = config["envs"][0] if env_key == "default" else env_key
@@ -407,7 +410,7 @@ check_agents_implemented(config, AGENTS, PLANNED_AGENTS)
 
 wildcard_constraints:
     env="|".join(ENVS),
-    agent=r"[a-z0-9]+(--[A-Za-z0-9_.+-]+)?",  # <agent> or <agent>--<ablation variant>
+    agent=r"[a-z][a-z0-9_]*(--[A-Za-z0-9_.+-]+)?",  # <agent> or <agent>--<ablation variant>
     seed=r"\d+",
     rev=r"(-rev[1-9]\d*)?",  # empty at train_revision 0
 
