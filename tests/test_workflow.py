@@ -220,8 +220,9 @@ ENV_INFO = {
     "ml1-reach": {"name": "ml1-reach", "success_metric": True, "splits": ["train", "test"],
                   "task_param": "index of the goal within its class"},
 }
-AGENT_LEVEL = {"trmrl": 0.8, "oracle": 1.0, "memoryless": 0.0}
+AGENT_LEVEL = {"trmrl": 0.8, "rl2": 0.5, "oracle": 1.0, "memoryless": 0.0}
 STATISTICS = {"confidence_level": 0.95, "bootstrap_resamples": 500, "seed": 0}
+FIGURE_SETTINGS = {"agent_of_interest": "trmrl", "probability_of_improvement": "baselines"}
 
 
 @pytest.fixture
@@ -265,8 +266,10 @@ def fake_run(root: Path, agent: str, env: str, seed: int, steps: int = 1000,
         with open(path / "eval" / f"{protocol}.csv", "w", newline="") as handle:
             csv.writer(handle).writerows(rows)
     memory = rng.normal(size=(60, 8)) if agent == "trmrl" else np.zeros((0, 0))
+    # Meta-World's task parameter is the goal's index (an integer), locomotion's a float
+    task_param = np.arange(20) if success else np.arange(20) / 20
     np.savez(path / "eval" / "latents.npz", memory=memory,
-             task_param=np.repeat(np.arange(20) / 20, 3)[: len(memory)])
+             task_param=np.repeat(task_param, 3)[: len(memory)])
     return {"agent": agent, "env": env, "seed": seed, "variant": variant, "path": str(path),
             "name": f"{env}/{agent_dir}/seed{seed}"}
 
@@ -281,12 +284,12 @@ def job(tmp_path, name, inputs=None, outputs=None, params=None):
 
 def analysis(allow_partial=False):
     return {"statistics": STATISTICS, "allow_partial": allow_partial, "envs": ENV_INFO,
-            "agents": ["trmrl", "oracle", "memoryless"]}
+            "agents": list(AGENT_LEVEL)}
 
 
 @pytest.fixture
 def fixture_tables(tmp_path, scripts_on_path):
-    """Tables of the aggregate scripts over 3 agents x 2 envs x 3 seeds of fixture runs."""
+    """Tables of the aggregate scripts over 4 agents x 2 envs x 3 seeds of fixture runs."""
     import aggregate_ablations
     import aggregate_evaluations
     import aggregate_scores
@@ -353,14 +356,27 @@ def test_normalised_scores_iqm_and_probability_of_improvement(fixture_tables):
         assert by_agent[(env, "memoryless")] == pytest.approx(0.0)
     aggregate = tables["aggregate"].set_index("agent")
     assert list(aggregate.columns) == ["n_envs", "n_runs", "iqm", "iqm_ci_low", "iqm_ci_high",
-                                       "mean", "ci_low", "ci_high"]
+                                       "mean", "ci_low", "ci_high", "median", "median_ci_low",
+                                       "median_ci_high", "optimality_gap", "optimality_gap_ci_low",
+                                       "optimality_gap_ci_high"]
     assert (aggregate["n_runs"] == 6).all()
-    assert (aggregate["iqm_ci_low"] <= aggregate["iqm"]).all()
-    assert (aggregate["iqm"] <= aggregate["iqm_ci_high"]).all()
+    for metric in ["iqm", "median", "optimality_gap"]:
+        assert (aggregate[f"{metric}_ci_low"] <= aggregate[metric]).all()
+        assert (aggregate[metric] <= aggregate[f"{metric}_ci_high"]).all()
+    # the optimality gap against its definition, computed here from the normalised table;
+    # summation orders differ, hence the float tolerance
+    trmrl = normalized.loc[normalized["agent"] == "trmrl", "normalized"].to_numpy()
+    assert aggregate.loc["trmrl", "optimality_gap"] == pytest.approx(
+        np.mean([max(0.0, 1.0 - s) for s in trmrl]), abs=1e-12)
+    assert aggregate.loc["trmrl", "median"] == pytest.approx(np.median(trmrl), abs=1e-12)
+    # pairs of agents only: the references are the scale, not competitors
     improvement = tables["improvement"].set_index(["agent_x", "agent_y"])
-    assert improvement.loc[("oracle", "memoryless"), "probability"] == pytest.approx(1.0)
-    assert improvement.loc[("memoryless", "oracle"), "probability"] == pytest.approx(0.0)
-    assert len(improvement) == 6
+    assert sorted(improvement.index) == [("rl2", "trmrl"), ("trmrl", "rl2")]
+    # both directions come from separate bootstraps of the same point: they sum to 1 exactly
+    # up to float rounding of the tie term
+    assert (improvement.loc[("trmrl", "rl2"), "probability"]
+            + improvement.loc[("rl2", "trmrl"), "probability"]) == pytest.approx(1.0, abs=1e-12)
+    assert improvement.loc[("trmrl", "rl2"), "probability"] > 0.5  # level 0.8 against 0.5
 
 
 def test_statistics_match_scipy_and_handle_few_seeds(scripts_on_path):
@@ -415,12 +431,14 @@ def test_every_figure_renders_pdf_and_png(tmp_path, fixture_tables, partial):
                      "ood_by_task": t["ood_by_task"]},
         figure_ablations: {"summary": t["ablations"]},
         figure_latent_map: {},
-        figure_aggregate: {"aggregate": t["aggregate"], "improvement": t["improvement"]},
+        figure_aggregate: {"aggregate": t["aggregate"], "improvement": t["improvement"],
+                           "curves": t["curves_by_seed"]},
     }
     for module, inputs in figures.items():
         name = module.__name__
         outputs = {"pdf": str(tmp_path / f"{name}.pdf"), "png": str(tmp_path / f"{name}.png")}
-        params = {"missing": missing, "analysis": analysis(partial), "runs": fixture_tables.runs}
+        params = {"missing": missing, "analysis": analysis(partial), "runs": fixture_tables.runs,
+                  "figures": FIGURE_SETTINGS}
         module.main(job(tmp_path, name, inputs=inputs, outputs=outputs, params=params))
         for path in outputs.values():
             assert Path(path).stat().st_size > 5000, path

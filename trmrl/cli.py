@@ -66,28 +66,57 @@ def _choice(name: str, valid: tuple[str, ...]):
 
 
 # ---------------------------------------------------------------------------------------
+ENV_NOTES = ("task", "reward", "train", "test", "ood", "done")
+
+
 def cmd_envs(args) -> None:
-    infos = [make_suite(name).info() for name in ENV_NAMES]
+    names = [args.name] if args.name else ENV_NAMES
+    infos = [make_suite(name).info() for name in names]
     if args.json:
-        print(json.dumps(infos, indent=2))
+        print(json.dumps(infos[0] if args.name else infos, indent=2))
         return
-    header = f"{'env':<15} {'obs':>4} {'act':>4} {'horizon x K':>12}  {'splits':<15} base"
-    print(header)
-    print("-" * len(header))
+    if args.name:
+        _print_env_notes(infos[0])
+        return
+    rows = [("env", "obs", "act", "horizon", "episodes", "splits", "score", "task parameter")]
     for info in infos:
-        trial = f"{info['horizon']} x {info['episodes_per_trial']}"
-        print(f"{info['name']:<15} {info['obs_dim']:>4} {info['act_dim']:>4} {trial:>12}  "
-              f"{','.join(info['splits']):<15} {info['base']}")
-    print()
-    for info in infos:
-        print(f"{info['name']}: {info['description']['task']}")
-        for key in ("reward", "train", "test", "ood", "done"):
-            if key in info["description"]:
-                print(f"    {key:<7}{info['description'][key]}")
-        print(f"    value  task_param = {info['task_param']}"
-              + ("; success metric" if info["success_metric"] else ""))
-        for quirk in info["quirks"]:
-            print(f"    quirk  {quirk}")
+        rows.append((info["name"], str(info["obs_dim"]), str(info["act_dim"]), str(info["horizon"]),
+                     str(info["episodes_per_trial"]), ", ".join(info["splits"]),
+                     "success rate" if info["success_metric"] else "return",
+                     _shorten(info["task_param"], 46)))
+    _print_table(rows, right_aligned={1, 2, 3, 4})
+    print("\nhorizon: steps per episode; episodes: episodes per trial (K), the agent's memory "
+          "spans them.\n`trmrl envs NAME`: one env's task distributions, reward, termination "
+          "and notes.")
+
+
+def _print_env_notes(info: dict) -> None:
+    print(f"{info['name']}: {info['description']['task']}")
+    rows = [("base", info["base"]),
+            ("spaces", f"observation {info['obs_dim']}-d, action {info['act_dim']}-d"),
+            ("trial", f"{info['episodes_per_trial']} episodes (K) of {info['horizon']} steps"),
+            ("score", "success rate (Meta-World's success flag)" if info["success_metric"]
+             else "return per episode"),
+            ("task value", info["task_param"])]
+    rows += [(key, info["description"][key]) for key in ENV_NOTES[1:] if key in info["description"]]
+    rows += [("note", quirk) for quirk in info["quirks"]]
+    width = max(len(key) for key, _ in rows)
+    for key, text in rows:
+        print(f"  {key:<{width}}  {text}")
+
+
+def _print_table(rows: list[tuple[str, ...]], right_aligned: set[int] = frozenset()) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for number, row in enumerate(rows):
+        cells = [cell.rjust(w) if i in right_aligned else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells).rstrip())
+        if number == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 def cmd_tasks(args) -> None:
@@ -98,10 +127,50 @@ def cmd_tasks(args) -> None:
         print(json.dumps([t.to_json() for t in tasks], indent=2))
         return
     sampled = args.split == "train" and suite.description.get("train", "").startswith("sampled")
-    note = f" (first {len(tasks)} of seed {args.seed}'s stream: train tasks are drawn fresh per trial)" if sampled else ""
-    print(f"# {suite.name} {args.split} tasks, seed {args.seed}{note}; value = {suite.task_param}")
+    note = (f" (first {len(tasks)} of seed {args.seed}'s stream: train tasks are drawn fresh "
+            "per trial)" if sampled else "")
+    print(f"# {suite.name} {args.split} tasks, seed {args.seed}{note}")
+    evaluated = set()
+    if args.split != "train":  # evaluation runs on held-out tasks only
+        evaluated = {task.index for task in suite.eval_tasks(args.split, args.seed)}
+        print(f"# * = one of the {len(evaluated)} tasks `trmrl evaluate` runs on "
+              f"({len(evaluated)} of {len(suite.tasks(args.split, args.seed))} in this split)")
+    print(f"# value = {suite.task_param}")
+    rows = [("", "task", "value", "parameters")]
     for task in tasks:
-        print(f"{task.index:>4}  {task.value:>9.4f}  {task.label}")
+        rows.append(("*" if task.index in evaluated else "", str(task.index), _number(task.value),
+                     "  ".join(f"{key}={_param(value)}" for key, value in task.params.items())))
+    _print_table(rows, right_aligned={1, 2})
+
+
+def _number(value) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:.4g}"
+
+
+def _param(value) -> str:
+    """A task parameter as a reader scans it: numbers to 3 decimals, short vectors in full,
+    long ones (e.g. walker-params' per-body exponents) as their size and range."""
+    if isinstance(value, (list, tuple)):
+        flat = list(_flatten(value))
+        if len(flat) <= 6:
+            return "(" + ", ".join(_short_float(v) for v in flat) + ")"
+        return f"[{len(flat)} values in {_short_float(min(flat))}..{_short_float(max(flat))}]"
+    if isinstance(value, float):
+        return _short_float(value)
+    return str(value)
+
+
+def _flatten(values):
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            yield from _flatten(value)
+        else:
+            yield value
+
+
+def _short_float(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def cmd_rollout(args) -> None:
@@ -148,21 +217,114 @@ def cmd_agents(args) -> None:
     if args.json:
         print(json.dumps({"agents": agents, "not_implemented": list(PLANNED)}, indent=2))
         return
+    import torch
+
+    on_cuda = torch.cuda.is_available()
+    base_env = args.env or ENV_NAMES[0]
+    suite_info = make_suite(base_env).info()
     for agent in agents:
+        cls = agent_class(agent["name"]).config_class
         print(f"{agent['name']} (defaults v{agent['defaults_version']}): {agent['doc']}")
-        envs = [args.env] if args.env else ENV_NAMES
-        base = agent["defaults"][envs[0]]
-        print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in base.items()) + f"   [{envs[0]}]")
-        for env in envs[1:]:
-            diff = {k: v for k, v in agent["defaults"][env].items() if base.get(k) != v}
-            if diff:
-                print(f"  {env}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in diff.items()))
-        for preset, values in agent["presets"].items():
-            print(f"  preset {preset} (--set preset={preset}): "
-                  + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+        print(f"  defaults on {base_env}" + ("" if args.env else
+                                             " (other envs: differences below; --env E for one)"))
+        values = agent["defaults"][base_env]
+        for group, keys in _config_groups(cls, on_cuda).items():
+            items = [(key, _spelled(cls, key, values[key], suite_info)) for key in keys]
+            _print_group(group, items)
+        if not on_cuda:
+            hidden = [key for key in values if key in DEVICE_ONLY]
+            if hidden:
+                print(f"    ({', '.join(hidden)}: CUDA-only switches, not shown: no CUDA device)")
+        if not args.env:
+            for env in ENV_NAMES[1:]:
+                diff = {k: v for k, v in agent["defaults"][env].items()
+                        if values.get(k) != v and (on_cuda or k not in DEVICE_ONLY)}
+                if diff:
+                    print(f"  on {env}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in diff.items()))
+        if agent["presets"]:
+            print("  presets (--set preset=NAME), applied over the env's defaults:")
+            for preset, overrides in agent["presets"].items():
+                print(f"    {preset}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in overrides.items()))
         print()
     if PLANNED:
         print("not implemented yet: " + ", ".join(PLANNED))
+
+
+# switches that only change how a CUDA device computes (same model, same results up to float
+# rounding): shown only where a CUDA device is present
+DEVICE_ONLY = ("cuda_graphs", "torch_compile", "tf32")
+GROUP_OF_BASE = {"RunConfig": "run settings", "PPOConfig": "PPO and update"}
+
+
+def _config_groups(config_class, on_cuda: bool) -> dict[str, list[str]]:
+    """Hyperparameters grouped by the config class that defines them: the agent's own
+    (architecture, and for non-PPO agents their update too), PPO's, the run's."""
+    import dataclasses
+
+    own = ("architecture" if any(base.__name__ == "PPOConfig" for base in config_class.__mro__)
+           else "architecture and update")
+    groups: dict[str, list[str]] = {own: [], "PPO and update": [], "run settings": []}
+    if on_cuda:
+        groups["on a CUDA device"] = []
+    for field in dataclasses.fields(config_class):
+        if field.name in DEVICE_ONLY:
+            if on_cuda:
+                groups["on a CUDA device"].append(field.name)
+            continue
+        groups[GROUP_OF_BASE.get(_defined_in(config_class, field.name).__name__, own)].append(
+            field.name)
+    return {group: keys for group, keys in groups.items() if keys}
+
+
+def _defined_in(config_class, name: str):
+    """The base-most class that declares ``name`` (a subclass may re-declare its default)."""
+    for cls in reversed(config_class.__mro__):
+        if name in getattr(cls, "__annotations__", {}):
+            return cls
+    return config_class
+
+
+def _spelled(config_class, key: str, value, suite_info: dict) -> str:
+    """A default as a reader needs it: None as what it means (from the field's comment),
+    with the suite's value where it is the suite's."""
+    if value is not None:
+        return _fmt(value) if value != "" else '""'
+    meaning = _none_meaning(_defined_in(config_class, key), key)
+    if key in ("horizon", "episodes_per_trial"):
+        return f"{suite_info[key]} (the suite's)"
+    return f"None ({meaning})" if meaning else "None"
+
+
+def _none_meaning(cls, key: str) -> str:
+    """What ``None`` means for a field, from 'None: ...' in its source comment."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return ""
+    # the field's line with its comment, or the comment lines right above it
+    match = re.search(rf"((?:^[ \t]*#.*\n)*)^[ \t]*{re.escape(key)}\s*:.*?(#.*)?$", source,
+                      re.MULTILINE)
+    if not match:
+        return ""
+    comment = " ".join(line.strip().lstrip("#").strip()
+                       for line in (match.group(1) + (match.group(2) or "")).splitlines())
+    found = re.search(r"None\s*[:=]\s*([^;.(]+)", comment)
+    return found.group(1).strip().rstrip(",)") if found else ""
+
+
+def _print_group(group: str, items: list[tuple[str, str]], width: int = 100) -> None:
+    """``key value`` pairs in aligned columns under the group's name."""
+    key_width = max(len(key) for key, _ in items)
+    cell = key_width + 1 + max(len(value) for _, value in items) + 3
+    columns = max(1, (width - 4) // cell)
+    print(f"  {group}:")
+    for start in range(0, len(items), columns):
+        row = items[start:start + columns]
+        print("    " + "".join(f"{key:<{key_width}} {value}".ljust(cell) for key, value in row)
+              .rstrip())
 
 
 def _fmt(value) -> str:
@@ -231,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trmrl", description="trmrl-bench: meta-RL benchmark suite")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    envs = sub.add_parser("envs", help="list the task suites")
+    envs = sub.add_parser("envs", help="list the task suites (NAME: one suite's notes)")
+    envs.add_argument("name", nargs="?", default=None, type=_choice("env", ENV_NAMES),
+                      metavar="NAME", help="show one env: task distributions, reward, notes")
     envs.add_argument("--json", action="store_true")
     envs.set_defaults(func=cmd_envs)
 

@@ -40,7 +40,6 @@ rule figure_adaptation:
 
 rule figure_ood:
     input:
-        adaptation=table("adaptation"),
         ood=table("ood"),
         ood_by_task=table("ood_by_task"),
         helpers=script_input("plotting.py"),
@@ -95,12 +94,16 @@ rule figure_aggregate:
     input:
         aggregate=table("aggregate_scores"),
         improvement=table("probability_of_improvement"),
+        curves=table("training_curves_by_seed"),  # which envs were normalised, and why not
         helpers=script_input("plotting.py"),
+        normalisation=script_input("aggregate_scores.py"),
+        statistics=script_input("analysis.py"),
     output:
         **figure_outputs("fig6_aggregate", "6 aggregate over envs"),
     params:
         missing=missing(MAIN_RUNS),
         analysis=analysis_params(),
+        figures=config["figures"],
     log:
         f"{LOGS}/figures/fig6_aggregate.log",
     conda:

@@ -1,7 +1,9 @@
 """Tables across envs. Normalised score of each run's final evaluation,
 (R - R_memoryless) / (R_oracle - R_memoryless) with the references' means over seeds; per
-agent the IQM (and mean) over all env x seed scores with stratified bootstrap CIs; and the
-probability of improvement P(X > Y) for every pair of agents."""
+agent the median, IQM, mean and optimality gap over all env x seed scores with stratified
+bootstrap CIs (rliable's four aggregate metrics); and the probability of improvement P(X > Y)
+for every pair of agents other than the two references (which bound the scale: comparing an
+agent with them says nothing about the agents)."""
 
 import logging
 
@@ -19,18 +21,20 @@ def final_scores(curves: pd.DataFrame) -> pd.DataFrame:
     return curves[curves["env_steps"] == last].reset_index(drop=True)
 
 
-def normalise(finals: pd.DataFrame) -> pd.DataFrame:
+def normalise(finals: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(normalised scores, env -> why it was left out) for the envs of ``finals``."""
     references = finals[finals["agent"].isin(REFERENCES)].groupby(["env", "agent"])["value"].mean()
-    rows = []
+    rows, excluded = [], {}
     for env, group in finals.groupby("env", sort=False):
         if not all((env, ref) in references.index for ref in REFERENCES):
-            log.warning("%s: no oracle or memoryless run, so no normalised scores", env)
+            excluded[env] = "no oracle or memoryless run"
+            log.warning("%s: %s, so no normalised scores", env, excluded[env])
             continue
         upper, lower = references[(env, "oracle")], references[(env, "memoryless")]
         gap = upper - lower
         if not np.isfinite(gap) or gap == 0:
-            log.warning("%s: oracle and memoryless score the same (%.4g): not normalisable",
-                        env, upper)
+            excluded[env] = f"oracle and memoryless score the same ({upper:.3g})"
+            log.warning("%s: %s: not normalisable", env, excluded[env])
             continue
         if gap < 0:
             log.warning("%s: memoryless (%.4g) beats oracle (%.4g): references undertrained?",
@@ -39,12 +43,26 @@ def normalise(finals: pd.DataFrame) -> pd.DataFrame:
                                  normalized=(group["value"] - lower) / gap))
     columns = ["agent", "env", "seed", "env_steps", "metric", "value", "oracle", "memoryless",
                "normalized"]
-    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+    normalized = pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+    return normalized, excluded
 
 
 def scores_by_env(normalized: pd.DataFrame, agent: str, envs: list[str]) -> list[np.ndarray]:
     mine = normalized[normalized["agent"] == agent]
     return [mine.loc[mine["env"] == env, "normalized"].to_numpy(float) for env in envs]
+
+
+def optimality_gap(scores, axis=-1):
+    """rliable's optimality gap: how far runs fall short of the oracle (score 1) on average;
+    scores above 1 count as 1, so beating the oracle does not make up for other runs."""
+    return np.mean(1.0 - np.minimum(scores, 1.0), axis=axis)
+
+
+# name -> aggregate over runs; the first three columns keep the table's earlier layout
+METRICS = {"iqm": iqm, "mean": np.mean, "median": np.median, "optimality_gap": optimality_gap}
+AGGREGATE_COLUMNS = ["agent", "n_envs", "n_runs", "iqm", "iqm_ci_low", "iqm_ci_high", "mean",
+                     "ci_low", "ci_high", "median", "median_ci_low", "median_ci_high",
+                     "optimality_gap", "optimality_gap_ci_low", "optimality_gap_ci_high"]
 
 
 def aggregate(normalized: pd.DataFrame, agents: list[str], options: dict, rng) -> pd.DataFrame:
@@ -54,15 +72,15 @@ def aggregate(normalized: pd.DataFrame, agents: list[str], options: dict, rng) -
         if not envs:
             continue
         samples = scores_by_env(normalized, agent, envs)
-        iqm_estimate = stratified(samples, iqm, options, rng)
-        mean_estimate = stratified(samples, np.mean, options, rng)
-        rows.append((agent, len(envs), sum(map(len, samples)), *iqm_estimate, *mean_estimate))
-    return pd.DataFrame(rows, columns=["agent", "n_envs", "n_runs", "iqm", "iqm_ci_low",
-                                       "iqm_ci_high", "mean", "ci_low", "ci_high"])
+        estimates = [value for metric in METRICS.values()
+                     for value in stratified(samples, metric, options, rng)]
+        rows.append((agent, len(envs), sum(map(len, samples)), *estimates))
+    return pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
 
 
 def improvement(normalized: pd.DataFrame, agents: list[str], options: dict, rng) -> pd.DataFrame:
     rows = []
+    agents = [agent for agent in agents if agent not in REFERENCES]
     for x in agents:
         for y in agents:
             if x == y:
@@ -84,7 +102,7 @@ def main(snakemake):
     options = analysis["statistics"]
     rng = np.random.default_rng(options["seed"])
     curves = pd.read_csv(snakemake.input.curves)
-    normalized = normalise(final_scores(curves))
+    normalized, _ = normalise(final_scores(curves))
     normalized.to_csv(snakemake.output.normalized, index=False)
     agents = [a for a in analysis["agents"] if a in set(normalized["agent"])]
     aggregate(normalized, agents, options, rng).to_csv(snakemake.output.aggregate, index=False)

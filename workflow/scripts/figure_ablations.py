@@ -4,41 +4,47 @@ curve per variant: mean and 95% bootstrap CI over seeds. The main run's variant 
 
 import pandas as pd
 import plotting
-import seaborn as sns
 
 
-def main(snakemake):
+def build(snakemake):
     plotting.setup()
     summary = pd.read_csv(snakemake.input.summary)
     studies = list(dict.fromkeys(summary.sort_values("order")["study"]))
     divisor, steps_label = plotting.steps_unit(summary["env_steps"].max() if studies else 0)
-    fig, axes = plotting.panel_grid(max(1, len(studies)), max_cols=2, width=4.2)
+    fig, axes = plotting.panel_grid(max(1, len(studies)), max_cols=2, width=3.9, height=3.6)
     if not studies:
         plotting.no_data(fig, axes.flat[0], "no finished runs yet")
     for ax, study in zip(axes.flat, studies):
         panel = summary[summary["study"] == study].sort_values(["order", "env_steps"])
         variants = list(dict.fromkeys(panel["variant"]))
-        colours = sns.color_palette("viridis", len(variants))
         metric = panel["metric"].iloc[0]
         k = plotting.scale(metric)
-        for colour, variant in zip(colours, variants):
+        for index, variant in enumerate(variants):
             line = panel[panel["variant"] == variant]
             x = line["env_steps"] / divisor
             main_run = bool(line["default"].iloc[0])
-            label = line["label"].iloc[0] + (" (main run)" if main_run else "")
-            ax.plot(x, line["mean"] * k, color=colour, label=label,
-                    linewidth=2.6 if main_run else 1.4)
-            ax.fill_between(x, line["ci_low"] * k, line["ci_high"] * k, color=colour, alpha=0.15,
-                            linewidth=0)
+            style = plotting.variant_style(index)
+            style["label"] = line["label"].iloc[0] + (" (main run)" if main_run else "")
+            plotting.line_with_band(
+                ax, x, line["mean"] * k, line["ci_low"] * k, line["ci_high"] * k, style,
+                markevery=plotting.staggered_markers(index, len(variants), len(line)))
+            if main_run:  # bold: the variant that is the main run of figure 1
+                ax.lines[-1].set_linewidth(2.6)
             if snakemake.params.missing:
                 plotting.annotate_n(ax, x.iloc[-1], line["mean"].iloc[-1] * k, line["n"].iloc[-1],
-                                    colour)
-        agent = plotting.AGENT_LABELS.get(panel["agent"].iloc[0], panel["agent"].iloc[0])
+                                    style["color"])
+        agent = plotting.label(panel["agent"].iloc[0], short=True)
         ax.set(title=f"{study} ({agent} on {panel['env'].iloc[0]})", xlabel=steps_label)
-        plotting.set_metric_axis(ax, metric, prefix="Test")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+        plotting.set_metric_axis(ax, metric)
+        # below its panel: a legend to the right would push the panels apart
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=8,
+                  ncols=2, handlelength=3.2)
     plotting.partial_note(fig, snakemake.params.missing)
-    plotting.save(fig, snakemake.output)
+    return fig
+
+
+def main(snakemake):
+    plotting.save(build(snakemake), snakemake.output)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pandas as pd
 import plotting
 
 
-def main(snakemake):
+def build(snakemake):
     plotting.setup()
     summary = pd.read_csv(snakemake.input.summary)
     envs = [env for env in snakemake.params.analysis["envs"] if env in set(summary["env"])]
@@ -15,10 +15,14 @@ def main(snakemake):
         plotting.no_data(fig, axes.flat[0], "no finished runs yet")
     for ax, env in zip(axes.flat, envs):
         plotting.draw_episodes(ax, summary[summary["env"] == env], bool(snakemake.params.missing))
-        ax.set_title(env)
+        ax.set_title(f"{env}: test tasks")
     plotting.legend_outside(fig, axes)
     plotting.partial_note(fig, snakemake.params.missing)
-    plotting.save(fig, snakemake.output)
+    return fig
+
+
+def main(snakemake):
+    plotting.save(build(snakemake), snakemake.output)
 
 
 if __name__ == "__main__":

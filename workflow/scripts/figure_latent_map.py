@@ -1,12 +1,15 @@
-"""Figure 5, latent map: the memories agents act on (TrMRL's episodic memory, RL²'s GRU state)
-at sampled steps of the fast-adaptation trials on the 20 test tasks, projected on their first
-two principal components and coloured by the task parameter; one panel per agent with a
+"""Figure 5, latent map: the memories agents act on (e.g. TrMRL's episodic memory, RL²'s GRU
+state) at sampled steps of the fast-adaptation trials on the 20 test tasks, projected on their
+first two principal components and coloured by the task parameter; one panel per agent with a
 memory x env."""
 
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
 import plotting
+
+CMAP = mpl.colormaps["viridis"]  # perceptually uniform and colour-blind safe
 
 
 def principal_components(memory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -15,6 +18,12 @@ def principal_components(memory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, singular, components = np.linalg.svd(centred, full_matrices=False)
     variance = singular**2 / max((singular**2).sum(), 1e-12)
     return centred @ components[:2].T, variance[:2]
+
+
+def variance_label(component: int, share: float) -> str:
+    """'PC 2 (0.4% of variance)': a small share is printed, not rounded to 0%."""
+    text = f"{share:.0%}" if share >= 0.1 else f"{share:.1%}" if share >= 0.001 else "<0.1%"
+    return f"PC {component} ({text} of variance)"
 
 
 def first_seed_latents(runs: list[dict]) -> dict[tuple[str, str], dict]:
@@ -31,7 +40,26 @@ def first_seed_latents(runs: list[dict]) -> dict[tuple[str, str], dict]:
     return chosen
 
 
-def main(snakemake):
+def scatter_by_task(fig, ax, coordinates, values, env_info) -> None:
+    """Points coloured by the task parameter: a task index (integer values) gets one colour
+    per integer and a colourbar with integer ticks, a continuous parameter a continuous one."""
+    integer = bool(np.all(np.mod(values, 1) == 0))
+    if integer:
+        levels = np.arange(values.min(), values.max() + 2) - 0.5
+        norm = mpl.colors.BoundaryNorm(levels, CMAP.N)
+    else:
+        norm = None
+    points = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=values, s=6, cmap=CMAP,
+                        norm=norm, alpha=0.75, linewidths=0, rasterized=True)
+    bar = fig.colorbar(points, ax=ax, label=plotting.task_param_label(env_info, integer),
+                       shrink=0.9)
+    if integer:
+        bar.locator = mpl.ticker.MaxNLocator(nbins=6, integer=True)
+        bar.update_ticks()
+        bar.minorticks_off()
+
+
+def build(snakemake):
     plotting.setup()
     envs_info = snakemake.params.analysis["envs"]
     latents = first_seed_latents(snakemake.params.runs)
@@ -44,13 +72,16 @@ def main(snakemake):
     for ax, (agent, env) in zip(axes.flat, panels):
         data = latents[(agent, env)]
         coordinates, variance = principal_components(data["memory"].astype(float))
-        points = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=data["task_param"], s=6,
-                            cmap="viridis", alpha=0.7, linewidths=0, rasterized=True)
-        fig.colorbar(points, ax=ax, label=plotting.wrap(envs_info[env]["task_param"]), shrink=0.9)
-        ax.set(title=f"{plotting.AGENT_LABELS.get(agent, agent)} on {env} (seed {data['seed']})",
-               xlabel=f"PC 1 ({variance[0]:.0%} of variance)",
-               ylabel=f"PC 2 ({variance[1]:.0%} of variance)" if len(variance) > 1 else "PC 2")
-    plotting.save(fig, snakemake.output)
+        scatter_by_task(fig, ax, coordinates, np.asarray(data["task_param"], float),
+                        envs_info[env])
+        ax.set(title=f"{plotting.label(agent, short=True)} on {env} (seed {data['seed']})",
+               xlabel=variance_label(1, variance[0]),
+               ylabel=variance_label(2, variance[1]) if len(variance) > 1 else "PC 2")
+    return fig
+
+
+def main(snakemake):
+    plotting.save(build(snakemake), snakemake.output)
 
 
 if __name__ == "__main__":

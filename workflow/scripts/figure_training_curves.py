@@ -5,7 +5,7 @@ import pandas as pd
 import plotting
 
 
-def main(snakemake):
+def build(snakemake):
     plotting.setup()
     summary = pd.read_csv(snakemake.input.summary)
     envs = [env for env in snakemake.params.analysis["envs"] if env in set(summary["env"])]
@@ -16,20 +16,30 @@ def main(snakemake):
     for ax, env in zip(axes.flat, envs):
         panel = summary[summary["env"] == env]
         metric = panel["metric"].iloc[0]
-        for agent in plotting.ordered(panel["agent"]):
+        k = plotting.scale(metric)
+        agents = plotting.ordered(panel["agent"])
+        curves = {}
+        for position, agent in enumerate(agents):
             line = panel[panel["agent"] == agent].sort_values("env_steps")
-            k = plotting.scale(metric)
             x = line["env_steps"] / divisor
-            plotting.line_with_band(ax, x, line["mean"] * k, line["ci_low"] * k,
-                                    line["ci_high"] * k, agent)
+            plotting.line_with_band(
+                ax, x, line["mean"] * k, line["ci_low"] * k, line["ci_high"] * k,
+                plotting.agent_style(agent),
+                markevery=plotting.staggered_markers(position, len(agents), len(line)))
+            curves[agent] = line["mean"].to_numpy(float)
             if snakemake.params.missing:
                 plotting.annotate_n(ax, x.iloc[-1], line["mean"].iloc[-1] * k, line["n"].iloc[-1],
                                     plotting.agent_style(agent)["color"])
+        plotting.note_ties(ax, curves)
         ax.set(title=env, xlabel=steps_label)
-        plotting.set_metric_axis(ax, metric, prefix="Test")
+        plotting.set_metric_axis(ax, metric)
     plotting.legend_outside(fig, axes)
     plotting.partial_note(fig, snakemake.params.missing)
-    plotting.save(fig, snakemake.output)
+    return fig
+
+
+def main(snakemake):
+    plotting.save(build(snakemake), snakemake.output)
 
 
 if __name__ == "__main__":
