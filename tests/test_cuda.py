@@ -1,5 +1,5 @@
-"""GPU paths (skipped without CUDA): the CUDA-graph PPO update and PEARL gradient step equal the
-eager ones; checkpoints move between CPU and GPU."""
+"""GPU paths (skipped without CUDA): trmrl.accel's CUDA-graph PPO update, acting step and PEARL
+gradient step equal the eager ones; checkpoints move between CPU and GPU."""
 
 import copy
 
@@ -9,6 +9,8 @@ import torch
 
 from toy_suite import ToySuite
 from trmrl import config as cfg
+from trmrl.accel import GraphedActing, GraphedLoop, GraphedPPOUpdate
+from trmrl.agents.ppo_agent import EagerActing
 from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig
 from trmrl.sampling import TrialSampler
 
@@ -41,6 +43,9 @@ def test_graphed_update_matches_eager(overrides):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     graphed, eager = agent_pair(**overrides)
+    # each agent chose its steps once, when built
+    assert isinstance(graphed.run_update, GraphedPPOUpdate) and isinstance(graphed.run_acting, GraphedActing)
+    assert not isinstance(eager.run_update, GraphedPPOUpdate) and isinstance(eager.run_acting, EagerActing)
     initial = [p.detach().clone() for p in eager.model.parameters()]
     suite = graphed.suite
     with TrialSampler(suite, num_envs=6) as sampler:
@@ -76,7 +81,7 @@ def test_graphed_acting_matches_eager(deterministic):
         agent.generator.manual_seed(7)  # the same action noise
         with TrialSampler(suite, num_envs=6, seed=3) as sampler:
             batches.append(sampler.run(agent, suite.tasks("test", 0, 9), deterministic=deterministic))
-    assert sorted(graphed._acting_graphs) == [3, 6]
+    assert sorted(graphed.run_acting.graphs) == [3, 6]
     assert sorted(batches[0].extras) == ["logp", "memory"]  # TrMRL's values come from the batch
     for key in ("logp", "memory"):
         np.testing.assert_allclose(batches[0].extras[key], batches[1].extras[key], rtol=1e-4, atol=1e-5)
@@ -94,7 +99,7 @@ def test_graphed_acting_on_a_pipelined_sampler_matches_one_lane():
         piped = sampler.run(graphed, tasks, deterministic=True)
         again = sampler.run(graphed, tasks, deterministic=True, call=0)  # graphs replayed
     assert graphed.acting_view() is graphed.acting_view()  # made once: graphs captured once
-    assert list(graphed._acting_graphs) == [3] and list(graphed.acting_view()._acting_graphs) == [3]
+    assert list(graphed.run_acting.graphs) == [3] and list(graphed.acting_view().run_acting.graphs) == [3]
     with TrialSampler(suite, num_envs=6, seed=3) as sampler:
         whole = sampler.run(graphed, tasks, deterministic=True)
     for batch in (piped, again):
@@ -122,7 +127,9 @@ def test_checkpoints_move_between_cpu_and_gpu_paths():
     cpu.load_state_dict(state)
     cpu.update(copy.deepcopy(batch))  # eager AdamW accepts the graphed optimiser state
     graphed.load_state_dict(cpu.state_dict())
+    assert graphed.run_update.graphs is None  # dropped with the old optimiser state
     graphed.update(copy.deepcopy(batch))  # and back: re-captured after the load
+    assert graphed.run_update.graphs is not None
     assert np.isfinite([p.sum().item() for p in graphed.model.parameters()]).all()
 
 
@@ -147,7 +154,7 @@ def test_pearl_graphed_gradient_steps_match_eager():
     torch.backends.cudnn.allow_tf32 = False
     graphed = pearl_agent("cuda", tf32=False)
     eager = pearl_agent("cuda", cuda_graphs=False, tf32=False)
-    assert graphed.graphed and not eager.graphed
+    assert isinstance(graphed.run_steps, GraphedLoop) and not isinstance(eager.run_steps, GraphedLoop)
     with TrialSampler(eager.suite, num_envs=3) as sampler:
         eager.train_iteration(sampler, [])  # fills the buffers (and takes eager steps)
     eager.close()
@@ -162,7 +169,7 @@ def test_pearl_graphed_gradient_steps_match_eager():
                 agent.replay.add(1, extra)
         rng = torch.cuda.get_rng_state()
         stats_g = graphed.update(20)
-        keys.append(graphed._graph.key)
+        keys.append(graphed.run_steps.graph_key)
         torch.cuda.set_rng_state(rng)
         stats_e = eager.update(20)
         for key in stats_e:

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from baselines.pearl import PEARLAgent, PEARLConfig
-from baselines.pearl.pearl import (MLP, ContextStore, ReplayStore, _Linear, kl_to_standard_normal,
-                                   product_of_gaussians, tanh_gaussian_log_prob)
+from baselines.pearl.buffers import ContextStore, ReplayStore
+from baselines.pearl.networks import MLP, kl_to_standard_normal, product_of_gaussians, tanh_gaussian_log_prob
 from test_agent_contract import step_input
 from test_rl2 import read_rows
 from test_train import sigkill_after_progress, train_args
 from toy_suite import ToyEnv, ToySuite
 from trmrl import config as cfg
+from trmrl.accel import BiasMvLinear
 from trmrl.cli import main
 from trmrl.envs import ENV_NAMES
 from trmrl.sampling import TrialSampler
@@ -82,7 +83,7 @@ def test_kl_and_tanh_gaussian_log_prob_match_torch_distributions():
 
 def test_linear_layers_have_the_right_gradients_and_padded_inputs():
     x, w, b = torch.randn(6, 3).double(), torch.randn(4, 3).double(), torch.randn(4).double()
-    assert torch.autograd.gradcheck(_Linear.apply, (x.requires_grad_(), w.requires_grad_(),
+    assert torch.autograd.gradcheck(BiasMvLinear.apply, (x.requires_grad_(), w.requires_grad_(),
                                                     b.requires_grad_()))
     mlp = MLP([5, 7, 2], 0.5, torch.Generator().manual_seed(0))
     assert mlp.layers[0].weight.shape == (7, 8) and (mlp.layers[0].weight[:, 5:] == 0).all()

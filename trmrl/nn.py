@@ -1,8 +1,7 @@
-"""Network pieces the agents share: MLPs, the running observation normaliser, GRU helpers."""
+"""Network pieces the agents share: MLPs, the running observation normaliser, GRU helpers
+(TF32 for cuDNN's GRU is :func:`trmrl.accel.float32_cudnn`)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn as nn
@@ -81,20 +80,3 @@ def gru_step(gru: nn.GRU, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     the ``nn.GRU``'s own weights, so that acting step by step and learning over whole
     trials compute the same function."""
     return torch.gru_cell(x, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
-
-
-@contextlib.contextmanager
-def float32_cudnn(device: torch.device):
-    """cuDNN runs float32 RNNs in TF32 by default on Ampere and later GPUs, while the acting
-    step (cuBLAS) is full float32: without this, acting and learning would disagree by
-    ~1e-3 and the PPO ratio would not start at 1. Scoped to the call (this package has no
-    other cuDNN op)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous

@@ -14,16 +14,15 @@ passes over shuffled minibatches: one joint phase (policy + value loss, one opti
 parameter group each), or, as the released TrMRL code does, a policy phase and then a value
 phase with optimisers of their own (``update_order``).
 
-On a GPU the whole minibatch step (forward, backward, AdamW) is captured once in a CUDA
-graph and replayed: the same arithmetic as the eager path without a kernel launch per op.
+:class:`PPOUpdate` runs an update op by op; on a GPU, :class:`trmrl.accel.GraphedPPOUpdate`
+replays the same minibatch steps (forward, backward, AdamW) from CUDA graphs.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -31,6 +30,9 @@ import torch.nn as nn
 
 from trmrl.agents.base import RunConfig
 from trmrl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trmrl.accel import OptimizerPlacement
 
 # evaluate(minibatch) -> (log_prob [B], entropy [B], value [B]) under the current parameters
 Evaluate = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -162,19 +164,14 @@ def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(groups: list[tuple[str, list[nn.Parameter], float, str]], config: PPOConfig,
-                   graphed: bool = False) -> torch.optim.Optimizer:
-    """AdamW over ``groups`` of (name, parameters, lr, lr schedule); graphed: capturable, with
-    lrs as device tensors. Each group keeps its starting lr and schedule for :func:`set_lrs`."""
+                   placement: OptimizerPlacement) -> torch.optim.Optimizer:
+    """AdamW over ``groups`` of (name, parameters, lr, lr schedule), with the kernels and
+    state placement of ``placement``. Each group keeps its starting lr and schedule for
+    :func:`set_lrs`."""
     groups = [{"params": list(params), "lr": lr, "name": name, "base_lr": lr, "schedule": schedule}
               for name, params, lr, schedule in groups]
-    if graphed:
-        device = groups[0]["params"][0].device
-        for group in groups:
-            group["lr"] = torch.tensor(group["lr"], device=device)
-    if graphed:  # one fused kernel per step instead of a few per parameter tensor
-        return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True,
-                                 capturable=True)
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    return placement.place(torch.optim.AdamW(groups, weight_decay=config.weight_decay,
+                                             **placement.options()))
 
 
 def decay_factor(step: int, steps_per_epoch: int, config: PPOConfig) -> float:
@@ -296,7 +293,7 @@ class UpdatePhase:
     steps: int = 0  # minibatch steps taken over the run: the lr schedule's clock
 
 
-def _minibatch_indices(num: int, config: PPOConfig, generator: torch.Generator):
+def minibatch_indices(num: int, config: PPOConfig, generator: torch.Generator):
     """Per epoch, a permutation cut into minibatches; the last may be shorter."""
     for _ in range(config.epochs):
         order = torch.randperm(num, generator=generator)
@@ -308,7 +305,7 @@ def ppo_update(phases: list[UpdatePhase], samples: dict[str, torch.Tensor], conf
                generator: torch.Generator) -> dict[str, float]:
     """Each phase in turn: ``config.epochs`` passes over ``samples`` (each [M, ...]; needs
     "logp", "advantage", "return" and whatever the losses read; optionally "weight", 0 on
-    padding, e.g. [M, T] for whole trials), step by step (eager).
+    padding, e.g. [M, T] for whole trials), step by step.
 
     Raises FloatingPointError if the loss went non-finite (checked once per call to avoid
     a device sync per minibatch; the caller then keeps its last good checkpoint).
@@ -318,7 +315,7 @@ def ppo_update(phases: list[UpdatePhase], samples: dict[str, torch.Tensor], conf
     for phase in phases:
         total = torch.zeros(len(STATS), device=device)
         updates = 0
-        for idx in _minibatch_indices(samples["logp"].shape[0], config, generator):
+        for idx in minibatch_indices(samples["logp"].shape[0], config, generator):
             idx = idx.to(device)
             minibatch = {key: value[idx] for key, value in samples.items()}
             weight = minibatch["weight"] if "weight" in minibatch else torch.ones(len(idx), device=device)
@@ -332,20 +329,20 @@ def ppo_update(phases: list[UpdatePhase], samples: dict[str, torch.Tensor], conf
             total += stats
             updates += 1
             phase.steps += 1
-            if phase.checks_kl and _kl_exceeded(stats, config):
+            if phase.checks_kl and kl_exceeded(stats, config):
                 break
         results.append((total, updates))
-    return _finish(results, phases, config)
+    return finish(results, phases, config)
 
 
-def _kl_exceeded(stats: torch.Tensor, config: PPOConfig) -> bool:
+def kl_exceeded(stats: torch.Tensor, config: PPOConfig) -> bool:
     """Early stop, as Stable-Baselines3's PPO does: the KL between the policy that
     collected the data and the one this step started from, on this step's minibatch,
     exceeded 1.5 x target_kl. Costs one device sync per step (only when it is on)."""
     return config.target_kl > 0 and stats[KL].item() > 1.5 * config.target_kl
 
 
-def _finish(results: list[tuple[torch.Tensor, int]], phases: list[UpdatePhase],
+def finish(results: list[tuple[torch.Tensor, int]], phases: list[UpdatePhase],
             config: PPOConfig) -> dict[str, float]:
     """Per phase the mean of its steps' stats, summed over phases (a phase leaves the terms
     it does not compute at 0); then lr_decay on every constant-lr group."""
@@ -367,106 +364,17 @@ def _finish(results: list[tuple[torch.Tensor, int]], phases: list[UpdatePhase],
     return out
 
 
-class GraphedPPOUpdate:
-    """One phase's minibatch steps replayed from one CUDA graph.
+class PPOUpdate:
+    """An agent's update: :func:`ppo_update` over its phases, op by op. The agent picks this
+    or :class:`trmrl.accel.GraphedPPOUpdate` (the same steps from CUDA graphs) once."""
 
-    Samples are copied into static buffers of a fixed capacity (the most timesteps an
-    iteration can produce); each replay gathers one minibatch by index, so the last,
-    shorter minibatch of an epoch is padded with weight-0 rows. Capture runs warm-up steps,
-    which change the parameters and optimiser state: both are restored in place afterwards.
-    """
+    def __init__(self, phases: list[UpdatePhase], config: PPOConfig):
+        self.phases, self.config = phases, config
 
-    def __init__(self, phase: UpdatePhase, example: dict[str, torch.Tensor], capacity: int,
-                 config: PPOConfig):
-        device = example["logp"].device
-        self.config, self.phase = config, phase
-        optimizer, params = phase.optimizer, phase.params
-        self.buffers = {k: torch.zeros((capacity, *v.shape[1:]), dtype=v.dtype, device=device)
-                        for k, v in example.items()}
-        size = config.minibatch_size
-        self.index = torch.zeros(size, dtype=torch.long, device=device)
-        self.weight = torch.ones(size, device=device)
-        self.total = torch.zeros(len(STATS), device=device)
-        self.last = torch.zeros(len(STATS), device=device)  # the latest step's stats
-        optimised = [p for group in optimizer.param_groups for p in group["params"]]
-        if phase.keep_zero_grads:  # static gradients, zeroed in the graph (see UpdatePhase)
-            for param in optimised:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
+    def __call__(self, samples: dict[str, torch.Tensor], generator: torch.Generator,
+                 capacity: int) -> dict[str, float]:
+        """``capacity``: the most samples an iteration can give (what a graph is sized for)."""
+        return ppo_update(self.phases, samples, self.config, generator)
 
-        def step():
-            if phase.keep_zero_grads:
-                optimizer.zero_grad(set_to_none=False)
-            minibatch = {k: v[self.index] for k, v in self.buffers.items()}
-            loss, stats = phase.loss(minibatch, self.weight)
-            loss.backward()
-            if config.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            self.total.add_(stats)
-            self.last.copy_(stats)
-
-        saved_params = [p.detach().clone() for p in optimised]
-        saved_state = copy.deepcopy(optimizer.state_dict()["state"])
-        self.buffers["logp"].zero_()  # warm-up data: finite, any values do
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                if not phase.keep_zero_grads:
-                    optimizer.zero_grad(set_to_none=True)
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        if not phase.keep_zero_grads:
-            optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            step()
-        with torch.no_grad():  # undo the warm-up steps, keeping every tensor's address
-            for param, saved in zip(optimised, saved_params):
-                param.copy_(saved)
-            for key, state in optimizer.state_dict()["state"].items():
-                for name, value in state.items():
-                    if isinstance(value, torch.Tensor):
-                        old = saved_state.get(key, {}).get(name)
-                        value.copy_(old if old is not None else torch.zeros_like(value))
-
-    def __call__(self, samples: dict[str, torch.Tensor],
-                 generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        """(the summed stats, the steps taken) of one phase over ``samples``."""
-        num = samples["logp"].shape[0]
-        if num > self.buffers["logp"].shape[0]:
-            raise ValueError(f"{num} samples exceed the graph's capacity {self.buffers['logp'].shape[0]}")
-        for key, buffer in self.buffers.items():
-            buffer[:num].copy_(samples[key])
-        size = self.config.minibatch_size
-        chunks, weights = [], []
-        for idx in _minibatch_indices(num, self.config, generator):
-            weight = torch.ones(size)
-            if len(idx) < size:  # pad with row 0 at weight 0
-                weight[len(idx):] = 0
-                idx = torch.cat([idx, torch.zeros(size - len(idx), dtype=idx.dtype)])
-            chunks.append(idx)
-            weights.append(weight)
-        device = self.index.device
-        all_index = torch.stack(chunks).to(device, non_blocking=True)
-        all_weight = torch.stack(weights).to(device, non_blocking=True)
-        self.total.zero_()
-        phase, updates = self.phase, 0
-        for i in range(len(chunks)):
-            self.index.copy_(all_index[i])
-            self.weight.copy_(all_weight[i])
-            set_lrs(phase.optimizer, phase.steps, phase.steps_per_epoch, self.config)
-            self.graph.replay()
-            updates += 1
-            phase.steps += 1
-            if phase.checks_kl and _kl_exceeded(self.last, self.config):
-                break
-        return self.total.clone(), updates
-
-
-def graphed_update(graphs: list[GraphedPPOUpdate], samples: dict[str, torch.Tensor],
-                   config: PPOConfig, generator: torch.Generator) -> dict[str, float]:
-    """:func:`ppo_update` from captured phases."""
-    results = [graph(samples, generator) for graph in graphs]
-    return _finish(results, [graph.phase for graph in graphs], config)
+    def reset(self) -> None:
+        """Forget what was captured (after a load): nothing here."""

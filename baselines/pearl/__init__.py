@@ -1,5 +1,7 @@
-"""PEARL: a probabilistic context encoder and SAC on (state, z) (:mod:`baselines.pearl.pearl`)."""
+"""PEARL: a probabilistic context encoder and SAC on (state, z): the agent and its config
+(:mod:`baselines.pearl.agent`), networks (:mod:`~baselines.pearl.networks`) and buffers
+(:mod:`~baselines.pearl.buffers`)."""
 
-from baselines.pearl.pearl import PEARLAgent, PEARLConfig
+from baselines.pearl.agent import PEARLAgent, PEARLConfig
 
 __all__ = ["PEARLAgent", "PEARLConfig"]

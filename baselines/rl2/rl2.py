@@ -32,9 +32,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from trmrl.accel import float32_cudnn
 from trmrl.agents.ppo_agent import ModelOutput, RecurrentPPOAgent, to_device
 from trmrl.errors import ConfigError
-from trmrl.nn import RunningNormalizer, float32_cudnn, gru_step, make_gru, mlp, scale_leading
+from trmrl.nn import RunningNormalizer, gru_step, make_gru, mlp, scale_leading
 from trmrl.ppo import PPOConfig
 from trmrl.sampling import TrialBatch
 

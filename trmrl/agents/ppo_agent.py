@@ -15,30 +15,28 @@ of timesteps, and a model whose acting forward returns a ``state`` has it kept a
 With ``normalize_observations`` the agent owns a :class:`~trmrl.nn.RunningNormalizer` of
 the observation, handed to ``build_model`` (``self.obs_normalizer``, None when off); the
 model scales its inputs with it, and the statistics move after each update.
+
+On a GPU with ``cuda_graphs`` the agent acts and learns through :mod:`trmrl.accel`'s graphed
+steps, chosen once in ``__init__``; ``act``, ``update`` and ``load_state_dict`` are the same
+code on every device.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
-import logging
-import os
-import shutil
-import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from trmrl.accel import GraphedActing, GraphedPPOUpdate, OptimizerPlacement, compile_model, uses_cuda_graphs
 from trmrl.agents.base import Agent, IterationResult
 from trmrl.nn import RunningNormalizer
-from trmrl.ppo import (GraphedPPOUpdate, JointLoss, PolicyLoss, PPOConfig, UpdatePhase, ValueLoss,
-                       discounted_returns, gae, gaussian_entropy, gaussian_log_prob,
-                       graphed_update, make_optimizer, ppo_update)
+from trmrl.ppo import (JointLoss, PolicyLoss, PPOConfig, PPOUpdate, UpdatePhase, ValueLoss,
+                       discounted_returns, gae, gaussian_entropy, gaussian_log_prob, make_optimizer)
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
-
-log = logging.getLogger(__name__)
 
 
 class ModelOutput(NamedTuple):
@@ -73,12 +71,17 @@ class PPOAgent(Agent):
         if config.value_loss == "gaussian_nll":  # the value's log std, learned (std 1 at first)
             self.model.register_parameter("value_log_std", nn.Parameter(torch.zeros(())))
         self.model.to(device)
-        self.graphed = device.type == "cuda" and config.cuda_graphs
+        # eager or graphed steps: chosen here, once
+        self.graphed = uses_cuda_graphs(device, config.cuda_graphs)
         self.compiled = self.graphed and config.torch_compile and compile_model(self.model)
+        self.optimizer_placement = OptimizerPlacement.for_graphs(device, self.graphed)
         self.phases = self.build_phases()
         self.optimizer = self.phases[0].optimizer
-        self._graphed_update = None  # captured on the first update (after any resume)
-        self._acting_graphs: dict[int, GraphedActing] = {}  # one per batch size
+        # timestep minibatches; whole trials run eagerly even on a GPU (a minibatch step is a
+        # few large kernels, one GRU call)
+        self.run_update = (GraphedPPOUpdate if self.graphed else PPOUpdate)(self.phases, config)
+        self.run_trial_update = PPOUpdate(self.phases, config)
+        self.run_acting = GraphedActing(self) if self.graphed else EagerActing(self)
         self._acting_view: PPOAgent | None = None
         self.memory: dict[str, torch.Tensor] = {}
         # one CPU generator for action noise and minibatch order: identical runs on CPU
@@ -94,7 +97,7 @@ class PPOAgent(Agent):
         return False
 
     def build_phases(self) -> list[UpdatePhase]:
-        config, graphed = self.config, self.graphed
+        config, placement = self.config, self.optimizer_placement
         policy = list(self.model.policy_parameters())
         value = list(self.model.value_parameters())
         log_std = getattr(self.model, "value_log_std", None)
@@ -104,7 +107,7 @@ class PPOAgent(Agent):
         if config.update_order == "joint":
             optimizer = make_optimizer(
                 [("policy", policy, config.lr_policy, config.lr_schedule_policy),
-                 ("value", value, config.lr_value, config.lr_schedule_value)], config, graphed)
+                 ("value", value, config.lr_value, config.lr_schedule_value)], config, placement)
             return [UpdatePhase(JointLoss(AgentMethod(self, "evaluate"), config, log_std), optimizer,
                                 list(self.model.parameters()), steps_per_epoch)]
         # "policy_then_value": as released, the value optimiser holds every parameter the
@@ -112,9 +115,9 @@ class PPOAgent(Agent):
         if self.value_reads_policy_parameters():
             value = value + [p for p in policy if all(p is not v for v in value)]
         policy_optimizer = make_optimizer(
-            [("policy", policy, config.lr_policy, config.lr_schedule_policy)], config, graphed)
+            [("policy", policy, config.lr_policy, config.lr_schedule_policy)], config, placement)
         value_optimizer = make_optimizer(
-            [("value", value, config.lr_value, config.lr_schedule_value)], config, graphed)
+            [("value", value, config.lr_value, config.lr_schedule_value)], config, placement)
         return [UpdatePhase(PolicyLoss(AgentMethod(self, "evaluate_policy"), config),
                             policy_optimizer, policy,
                             steps_per_epoch, checks_kl=True, keep_zero_grads=True),
@@ -160,26 +163,9 @@ class PPOAgent(Agent):
     def act(self, step: StepInput, deterministic: bool = False) -> PolicyOutput:
         features = np.asarray(self.step_features(step), np.float32)
         rows, act_dim = len(features), self.suite.action_dim
-        if self.graphed:
-            graph = self._acting_graphs.get(rows)
-            if graph is None:
-                graph = self._acting_graphs[rows] = GraphedActing(self, rows, features.shape[1])
-            if self.memory is not graph.memory:  # a new trial (reset): its memory goes in
-                for key, value in self.memory.items():
-                    graph.memory[key].copy_(value)
-                self.memory = graph.memory
-            graph.features[:] = features
-            if deterministic:
-                graph.noise.zero_()
-            else:
-                torch.randn(graph.noise.shape, generator=self.generator, out=graph.noise)
-            out, latent = graph()
-        else:
-            noise = (torch.zeros(rows, act_dim) if deterministic
-                     else torch.randn(rows, act_dim, generator=self.generator))
-            action, logp, value, self.memory, latent = self.acting_step(
-                self.memory, to_device(features, self.device), noise.to(self.device))
-            out = torch.cat(pack(action, logp, value), 1).cpu().numpy()
+        noise = (torch.zeros(rows, act_dim) if deterministic
+                 else torch.randn(rows, act_dim, generator=self.generator))
+        out, latent, self.memory = self.run_acting(self.memory, features, noise)
         extras = {"logp": out[:, act_dim]}
         if not self.values_from_batch:
             extras["value"] = out[:, act_dim + 1]
@@ -199,6 +185,13 @@ class PPOAgent(Agent):
         action = out.mean + log_std.exp() * noise
         return action, gaussian_log_prob(out.mean, log_std, action), out.value, memory, out.latent
 
+    def acting_columns(self, memory: dict[str, torch.Tensor], x: torch.Tensor, noise: torch.Tensor):
+        """:meth:`acting_step` as (action | log-prob [| value] columns, memory, latent): one
+        tensor for one transfer to the host."""
+        action, logp, value, memory, latent = self.acting_step(memory, x, noise)
+        columns = [action, logp[:, None]] + ([] if value is None else [value[:, None]])
+        return torch.cat(columns, 1), memory, latent
+
     def acting_view(self) -> PPOAgent:
         """This agent with a memory of its own, for a pipelined sampler's second half of envs.
 
@@ -207,7 +200,7 @@ class PPOAgent(Agent):
         graphs are captured once per run."""
         if self._acting_view is None:
             view = copy.copy(self)
-            view._acting_graphs, view._acting_view = {}, None
+            view.run_acting, view._acting_view = type(self.run_acting)(view), None
             self._acting_view = view
         self._acting_view.record_memory = self.record_memory
         return self._acting_view
@@ -248,8 +241,7 @@ class PPOAgent(Agent):
             samples = {k: to_device(v, self.device) for k, v in samples.items()}
             for key, value in inputs.items():
                 samples["input_" + key] = value
-            # eager even on a GPU: a minibatch step is a few large kernels (one GRU call)
-            return ppo_update(self.phases, samples, self.config, self.generator)
+            return self.run_trial_update(samples, self.generator, capacity=valid.shape[0])
         mask = to_device(valid, self.device)
         inputs = {key: value[mask] for key, value in inputs.items()}  # the valid steps
         values = batch.extras["value"] if "value" in batch.extras else self.batch_values(inputs, valid)
@@ -259,13 +251,8 @@ class PPOAgent(Agent):
         samples = {k: to_device(v, self.device) for k, v in samples.items()}
         for key, value in inputs.items():
             samples["input_" + key] = value
-        if not self.graphed:
-            return ppo_update(self.phases, samples, self.config, self.generator)
-        if self._graphed_update is None:
-            capacity = valid.size  # every step of every trial: the most an iteration yields
-            self._graphed_update = [GraphedPPOUpdate(phase, samples, capacity, self.config)
-                                    for phase in self.phases]
-        return graphed_update(self._graphed_update, samples, self.config, self.generator)
+        # capacity: every step of every trial, the most an iteration yields
+        return self.run_update(samples, self.generator, capacity=valid.size)
 
     def advantages_and_targets(self, batch: TrialBatch, values: np.ndarray):
         """GAE advantages [N, T] and the value function's regression targets."""
@@ -327,22 +314,10 @@ class PPOAgent(Agent):
         for phase, optimizer_state, step_count in zip(self.phases, saved, steps):
             phase.optimizer.load_state_dict(optimizer_state)
             phase.steps = step_count
-            self._match_device(phase.optimizer)
+            # a checkpoint may come from the other path (GPU graphs <-> eager): match this one
+            self.optimizer_placement.place(phase.optimizer)
         self.generator.set_state(state["generator"])
-        self._graphed_update = None
-
-    def _match_device(self, optimizer: torch.optim.Optimizer) -> None:
-        """A checkpoint may come from the other path (GPU graphs <-> eager): match this one."""
-        for group in optimizer.param_groups:
-            lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, device=self.device) if self.graphed else lr
-            group["fused"] = self.graphed or None
-            group["capturable"] = self.graphed
-            for param in group["params"]:
-                step = optimizer.state.get(param, {}).get("step")
-                if isinstance(step, torch.Tensor):
-                    optimizer.state[param]["step"] = (
-                        step.to(self.device, torch.float32) if self.graphed else step.cpu())
+        self.run_update.reset()  # new optimiser state: captured again at the next update
 
 
 class AgentMethod:
@@ -368,85 +343,24 @@ class RecurrentPPOAgent(PPOAgent):
         return {"x": x, "state": memory["state"]}, memory  # the forward's new state comes next
 
 
-class GraphedActing:
-    """An agent's acting step for a fixed number of trials, replayed from one CUDA graph:
-    the memory update (``advance``), the model, the action noise and its log-prob.
+class EagerActing:
+    """An agent's acting step op by op (any device); :class:`trmrl.accel.GraphedActing` is
+    the same step replayed from CUDA graphs."""
 
-    The host writes the step's rows and the noise into one pinned buffer; a step is then one
-    copy in, a replay and one copy out (action, log-prob, value), where the eager path makes
-    a dozen small host-side torch calls. The graph holds the memory it updates (in place);
-    parameters are updated in place by the optimiser and ``load_state_dict``, so the graph
-    stays valid for the whole run.
-    """
+    def __init__(self, agent: PPOAgent):
+        self.agent = agent
 
-    def __init__(self, agent: PPOAgent, rows: int, feature_dim: int):
-        device, act_dim = agent.device, agent.suite.action_dim
-        split = rows * feature_dim
-        self.host_in = torch.zeros(split + rows * act_dim, pin_memory=True)
-        self.features = self.host_in[:split].view(rows, feature_dim).numpy()  # written per step
-        self.noise = self.host_in[split:].view(rows, act_dim)
-        self.device_in = torch.zeros_like(self.host_in, device=device)
-        x, noise = self.device_in[:split].view(rows, feature_dim), self.device_in[split:].view(rows, act_dim)
-        self.memory = agent.initial_memory(rows)
-
-        def step():
-            action, logp, value, memory, latent = agent.acting_step(self.memory, x, noise)
-            for key, after in memory.items():
-                self.memory[key].copy_(after)
-            return torch.cat(pack(action, logp, value), 1), latent
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
-            self.device_out, self.latent = step()
-        self.host_out = torch.empty(self.device_out.shape, pin_memory=True)
-
-    def __call__(self) -> tuple[np.ndarray, torch.Tensor | None]:
-        """(action | log-prob [| value] rows, the model's latent memory on the device)."""
-        self.device_in.copy_(self.host_in, non_blocking=True)
-        self.graph.replay()
-        self.host_out.copy_(self.device_out, non_blocking=True)
-        torch.cuda.current_stream().synchronize()
-        return self.host_out.numpy().copy(), self.latent  # a copy: the buffer is reused
-
-
-def compile_model(model: nn.Module) -> bool:
-    """torch.compile ``model``'s forward in place (its state_dict keys stay the same);
-    False, with a warning, where torch cannot compile for the GPU: no Triton, or no C
-    compiler for Triton to build its launchers with (a bare GPU node)."""
-    from torch.utils._triton import has_triton
-    compilers = [cc for cc in (os.environ.get("CC"), "cc", "gcc", "clang") if cc]
-    if not has_triton():
-        missing = "Triton"
-    elif not any(shutil.which(cc) for cc in compilers):
-        missing = "a C compiler (CC, cc, gcc or clang)"
-    else:
-        # one kernel set per batch shape (acting, minibatch): shape-specialised code is the
-        # fastest, and a run meets only a few shapes
-        model.compile(dynamic=False)
-        # Inductor's advice at every compile: TF32 is left off on purpose (the update must
-        # compute what acting computed), and its softmax remark is about its own kernels
-        warnings.filterwarnings("ignore", r"TensorFloat32 tensor cores", UserWarning)
-        warnings.filterwarnings("ignore", r"\s*Online softmax is disabled", UserWarning)
-        return True
-    log.warning("torch_compile: %s not found, so the model runs uncompiled (slower GPU "
-                "steps, the same model; --set torch_compile=false silences this)", missing)
-    return False
+    def __call__(self, memory: dict[str, torch.Tensor], features: np.ndarray, noise: torch.Tensor):
+        """(action | log-prob [| value] rows on the host, the latent, the memory after it)."""
+        device = self.agent.device
+        columns, memory, latent = self.agent.acting_columns(memory, to_device(features, device),
+                                                            noise.to(device))
+        return columns.cpu().numpy(), latent, memory
 
 
 def model_inputs(minibatch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The model's inputs among a minibatch's samples (stored as ``input_<name>``)."""
     return {k[len("input_"):]: v for k, v in minibatch.items() if k.startswith("input_")}
-
-
-def pack(action: torch.Tensor, logp: torch.Tensor, value: torch.Tensor | None) -> list[torch.Tensor]:
-    """An acting step's outputs as columns, for one transfer to the host."""
-    return [action, logp[:, None]] + ([] if value is None else [value[:, None]])
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:

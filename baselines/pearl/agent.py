@@ -41,7 +41,8 @@ protocol, whose number is then episode index 2 of our trials (docs/agents/pearl.
 
 On a GPU (``cuda_graphs``) one whole gradient step (gathering the batch from the
 device-resident buffers, encoder, product of Gaussians, every loss, backward, both Adam steps
-with capturable fused Adam, the target update) is one CUDA graph, replayed
+with capturable fused Adam, the target update) is one CUDA graph (:mod:`trmrl.accel`'s
+``GraphedLoop``, chosen once when the agent is built), replayed
 ``num_train_steps_per_itr`` times per iteration. The iteration's batch indices are drawn in
 one go on the CPU (seeded), moved to the device once, and copied into the graph's static
 index buffers before each replay. The replay storage grows by doubling; the graph is
@@ -68,12 +69,13 @@ Deviations from the published code (rlkit-based "oyster"), all ours:
 - Weight initialisation bounds use each layer's fan-in (rlkit's fanin_init takes the weight's
   first dimension, the output size); TF32 matrix products on a GPU (``tf32``).
 - The training-task pool is saved in checkpoints (it depends on the seed) and restored.
-Defaults and their sources: ``trmrl/configs/pearl.yaml``.
+Defaults and their sources: ``trmrl/configs/pearl.yaml``. The networks and their math are
+in :mod:`baselines.pearl.networks`, the buffers in :mod:`baselines.pearl.buffers`.
 """
+
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -83,8 +85,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from baselines.pearl.buffers import ContextStore, ReplayStore
+from baselines.pearl.networks import (PEARLNetworks, kl_to_standard_normal, tanh_gaussian_log_prob)
+from trmrl.accel import (EagerLoop, GraphedLoop, OptimizerPlacement, StepNoise, acting_module, tensor_core_width,
+                         tf32, uses_cuda_graphs)
 from trmrl.agents.base import Agent, IterationResult, RunConfig
 from trmrl.envs import Task
 from trmrl.errors import ConfigError
@@ -92,7 +97,6 @@ from trmrl.sampling import PolicyOutput, StepInput, TrialBatch, TrialSampler
 
 log = logging.getLogger("trmrl.pearl")
 
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # clamp of the policy's log standard deviation
 MASK62 = (1 << 62) - 1  # raw 64-bit draws -> non-negative int64 before a modulo
 # metrics of the gradient steps, averaged over an iteration (order of the stats vector)
 STEP_STATS = ("q_loss", "v_loss", "policy_loss", "kl", "posterior_std", "posterior_mean_abs",
@@ -168,268 +172,6 @@ class PEARLConfig(RunConfig):
                                   f"got {list(getattr(self, name))!r}")
 
 
-# ---------------------------------------------------------------------------------------
-# The math
-# ---------------------------------------------------------------------------------------
-def product_of_gaussians(mu: torch.Tensor, var: torch.Tensor,
-                         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalised product of Gaussian factors N(mu_i, var_i) over axis -2.
-
-    mu, var: [..., n, L]; mask: [..., n], 0 for factors to leave out. Returns (mu, var)
-    [..., L]: precision = sum_i 1/var_i, mean = sum_i (mu_i / var_i) / precision.
-    """
-    precision = 1.0 / var.clamp(min=1e-7)
-    if mask is not None:
-        precision = precision * mask.unsqueeze(-1).to(precision.dtype)
-    total = precision.sum(-2)
-    out_var = 1.0 / total
-    return out_var * (mu * precision).sum(-2), out_var
-
-
-def kl_to_standard_normal(mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, var) || N(0, I)) of diagonal Gaussians, summed over the last axis."""
-    return 0.5 * (var + mu.pow(2) - 1.0 - var.log()).sum(-1)
-
-
-def tanh_gaussian_log_prob(noise: torch.Tensor, log_std: torch.Tensor,
-                           pre_tanh: torch.Tensor) -> torch.Tensor:
-    """log pi(tanh(u)) for u = mean + std * noise, summed over the action axis."""
-    gaussian = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-    log_det = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))  # log(1 - tanh^2)
-    return (gaussian - log_det).sum(-1)
-
-
-def padded(width: int) -> int:
-    """``width`` rounded up to a multiple of 4: float32 rows of 16-byte multiples let a GPU's
-    matrix products use tensor cores (an input of 31 floats per row would not)."""
-    return -(-width // 4) * 4
-
-
-class _Linear(torch.autograd.Function):
-    """x W^T + b for x [M, in], whose bias gradient is a matrix-vector product: on a GPU a
-    column sum of a [4096, 300] gradient as a reduction kernel costs a few times more."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        return torch.addmm(bias, x, weight.t())
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_x = grad @ weight if needs[0] else None
-        grad_weight = grad.t() @ x if needs[1] else None
-        grad_bias = torch.mv(grad.t(), grad.new_ones(grad.shape[0])) if needs[2] else None
-        return grad_x, grad_weight, grad_bias
-
-
-class MLP(nn.Module):
-    """ReLU MLP with rlkit's initialisation: hidden weights U(+-1/sqrt(fan_in)), hidden biases
-    0.1, output weights and biases U(+-out_init).
-
-    The input width is padded to a multiple of 4 with zero columns (zero weights, which stay
-    zero: they get no gradient). ``forward`` takes the input as one tensor or as the parts to
-    concatenate (the padding joins that one copy); ``frozen=True`` evaluates it with detached
-    parameters: gradients reach the inputs but not the weights.
-    """
-
-    def __init__(self, sizes: list[int], out_init: float, generator: torch.Generator):
-        super().__init__()
-        self.in_features = sizes[0]
-        sizes = [padded(sizes[0]), *sizes[1:]]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
-        with torch.no_grad():
-            for k, layer in enumerate(self.layers):
-                fan_in = self.in_features if k == 0 else layer.in_features
-                if k == len(self.layers) - 1:
-                    nn.init.uniform_(layer.weight, -out_init, out_init, generator=generator)
-                    nn.init.uniform_(layer.bias, -out_init, out_init, generator=generator)
-                else:
-                    bound = 1.0 / math.sqrt(fan_in)
-                    nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
-                    nn.init.constant_(layer.bias, 0.1)
-            self.layers[0].weight[:, self.in_features:] = 0.0
-
-    def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        """The parts side by side, padded with zero columns to the input width."""
-        width = sum(part.shape[-1] for part in parts)
-        if width != self.layers[0].in_features:
-            parts = [*parts, parts[0].new_zeros((*parts[0].shape[:-1],
-                                                 self.layers[0].in_features - width))]
-        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-
-    def forward(self, x: torch.Tensor | list[torch.Tensor], frozen: bool = False) -> torch.Tensor:
-        x = self.join(list(x) if isinstance(x, (list, tuple)) else [x])
-        shape = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
-        last = len(self.layers) - 1
-        for k, layer in enumerate(self.layers):
-            weight, bias = layer.weight, layer.bias
-            if frozen:
-                weight, bias = weight.detach(), bias.detach()
-            x = _Linear.apply(x, weight, bias)
-            if k < last:
-                x = F.relu(x)
-        return x.view(*shape, x.shape[-1])
-
-
-class PEARLNetworks(nn.Module):
-    """Context encoder, tanh-Gaussian policy, Q_1, Q_2, V and target V."""
-
-    def __init__(self, obs_dim: int, act_dim: int, context_width: int, config: PEARLConfig,
-                 generator: torch.Generator):
-        super().__init__()
-        L, hidden = config.latent_dim, list(config.hidden)
-        self.latent_dim, self.act_dim = L, act_dim
-        self.encoder = MLP([context_width, *config.encoder_hidden, 2 * L], 3e-3, generator)
-        self.policy = MLP([obs_dim + L, *hidden, 2 * act_dim], 1e-3, generator)  # mean, log_std
-        self.q1 = MLP([obs_dim + act_dim + L, *hidden, 1], 3e-3, generator)
-        self.q2 = MLP([obs_dim + act_dim + L, *hidden, 1], 3e-3, generator)
-        self.v = MLP([obs_dim + L, *hidden, 1], 3e-3, generator)
-        self.v_target = copy.deepcopy(self.v)
-        self.v_target.requires_grad_(False)
-
-    def posterior(self, context: torch.Tensor,
-                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, var) [..., L] of q(z | context) for context [..., n, context_width]."""
-        params = self.encoder(context)
-        mu, var = params[..., :self.latent_dim], F.softplus(params[..., self.latent_dim:])
-        return product_of_gaussians(mu, var, mask)
-
-    def policy_head(self, obs_z, policy: MLP | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) of the pre-tanh Gaussian for inputs (s, z) (a tensor or parts), by
-        ``policy`` (default: this one; a copy elsewhere, see PEARLAgent.policy_action)."""
-        out = (policy or self.policy)(obs_z)
-        mean, log_std = out[..., :self.act_dim], out[..., self.act_dim:]
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-
-
-# ---------------------------------------------------------------------------------------
-# Buffers (on the agent's device)
-# ---------------------------------------------------------------------------------------
-class ReplayStore:
-    """Per-task ring buffers of packed transitions, all rows in one growing tensor.
-
-    ``data`` [rows, width] holds every task's transitions; ``rows[t]`` lists the rows of task
-    t (oldest first until its ring wraps at ``capacity``, then the oldest is overwritten in
-    place). The tensor grows by doubling, so memory follows what was filled.
-    """
-
-    def __init__(self, num_tasks: int, width: int, capacity: int, device: torch.device):
-        self.num_tasks, self.width, self.capacity, self.device = num_tasks, width, capacity, device
-        self.data = torch.zeros((0, width), device=device)
-        self.used = 0  # rows of `data` in use
-        self._rows = [np.zeros(0, np.int64) for _ in range(num_tasks)]  # with spare room
-        self.length = np.zeros(num_tasks, np.int64)  # transitions held per task
-        self.next = np.zeros(num_tasks, np.int64)  # ring position of the oldest, once full
-
-    def rows(self, task: int) -> np.ndarray:
-        return self._rows[task][:self.length[task]]
-
-    def _reserve(self, rows: int) -> None:
-        if rows > len(self.data):
-            grown = torch.zeros((max(rows, 2 * len(self.data), 1024), self.width),
-                                device=self.device)
-            grown[:self.used] = self.data[:self.used]
-            self.data = grown
-
-    def add(self, task: int, values: torch.Tensor) -> None:
-        values = values[-self.capacity:]  # more than fit: only the newest
-        n, length = len(values), int(self.length[task])
-        fresh_count = min(n, self.capacity - length)
-        fresh = np.arange(self.used, self.used + fresh_count, dtype=np.int64)
-        self._reserve(self.used + fresh_count)
-        self.used += fresh_count
-        table = self._rows[task]
-        if length + fresh_count > len(table):
-            room = max(length + fresh_count, 2 * len(table))
-            table = np.concatenate([table[:length], np.zeros(room - length, np.int64)])
-            self._rows[task] = table
-        table[length:length + fresh_count] = fresh
-        self.length[task] = length + fresh_count
-        reused_count = n - fresh_count
-        positions = (self.next[task] + np.arange(reused_count)) % self.capacity
-        self.next[task] = (self.next[task] + reused_count) % self.capacity
-        target = np.concatenate([fresh, table[positions]])
-        self.data[torch.from_numpy(target).to(self.device)] = values.to(self.device)
-
-    def table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(every task's rows concatenated, offset of each task in it, transitions per task)."""
-        flat = np.concatenate([self.rows(t) for t in range(self.num_tasks)])
-        offsets = np.concatenate([[0], np.cumsum(self.length)[:-1]]).astype(np.int64)
-        arrays = (flat, offsets, self.length.copy())
-        return tuple(torch.from_numpy(a).to(self.device) for a in arrays)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"data": self.data[:self.used].cpu(), "length": self.length.copy(),
-                "next": self.next.copy(),
-                "rows": np.concatenate([self.rows(t) for t in range(self.num_tasks)])}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["length"]) != self.num_tasks:
-            raise ValueError(f"replay buffer of {len(state['length'])} tasks, the agent has "
-                             f"{self.num_tasks}")
-        self.data = state["data"].to(self.device, torch.float32).clone()
-        self.used = len(self.data)
-        self.length = np.asarray(state["length"], np.int64).copy()
-        self.next = np.asarray(state["next"], np.int64).copy()
-        bounds = np.concatenate([[0], np.cumsum(self.length)])
-        rows = np.asarray(state["rows"], np.int64)
-        self._rows = [rows[bounds[t]:bounds[t + 1]].copy() for t in range(self.num_tasks)]
-
-
-class ContextStore:
-    """Per-task encoder buffers: a fixed [tasks x capacity, width] tensor, allocated at the
-    first add. Each task's slice is refilled from scratch whenever the task is collected."""
-
-    def __init__(self, num_tasks: int, width: int, capacity: int, device: torch.device):
-        self.num_tasks, self.width, self.capacity, self.device = num_tasks, width, capacity, device
-        self.data = torch.zeros((0, width), device=device)
-        self.size = np.zeros(num_tasks, np.int64)
-
-    def clear(self, task: int) -> None:
-        self.size[task] = 0
-
-    def add(self, task: int, values: torch.Tensor) -> None:
-        if not len(self.data):
-            self.data = torch.zeros((self.num_tasks * self.capacity, self.width),
-                                    device=self.device)
-        start, n = int(self.size[task]), len(values)
-        if start + n > self.capacity:
-            raise RuntimeError(f"encoder buffer of task {task} overflows ({start} + {n} > "
-                               f"{self.capacity})")
-        begin = task * self.capacity + start
-        self.data[begin:begin + n] = values.to(self.device)
-        self.size[task] = start + n
-
-    def sample(self, task: int, count: int, rng: np.random.Generator) -> torch.Tensor:
-        """[count, width]: uniform draws with replacement from the task's buffer."""
-        rows = task * self.capacity + rng.integers(0, self.size[task], count)
-        return self.data[torch.from_numpy(rows).to(self.device)]
-
-    def state_dict(self) -> dict[str, Any]:
-        kept = [self.data[t * self.capacity:t * self.capacity + self.size[t]]
-                for t in range(self.num_tasks)] if len(self.data) else []
-        return {"size": self.size.copy(), "capacity": self.capacity,
-                "data": torch.cat(kept).cpu() if kept else torch.zeros((0, self.width))}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        size = np.asarray(state["size"], np.int64)
-        if len(size) != self.num_tasks or size.max(initial=0) > self.capacity:
-            raise ValueError("encoder buffers of another shape")
-        self.data = torch.zeros((0, self.width), device=self.device)
-        self.size = np.zeros(self.num_tasks, np.int64)
-        data, start = state["data"], 0
-        for task in range(self.num_tasks):
-            if size[task]:
-                self.add(task, data[start:start + size[task]].to(torch.float32))
-            start += size[task]
-
-
-# ---------------------------------------------------------------------------------------
-# Acting
-# ---------------------------------------------------------------------------------------
 class _TrialContext:
     """What ``act`` remembers of the current trials: their transitions so far and their z."""
 
@@ -472,9 +214,6 @@ class _CollectionPolicy:
         return PolicyOutput(agent.policy_action(step.obs, self.z, False, agent.generator))
 
 
-# ---------------------------------------------------------------------------------------
-# The agent
-# ---------------------------------------------------------------------------------------
 class PEARLAgent(Agent):
     """PEARL: SAC on (s, z) with z inferred from context by a product-of-Gaussians encoder."""
 
@@ -489,16 +228,20 @@ class PEARLAgent(Agent):
         o, a = suite.observation_dim, suite.action_dim
         self.obs_dim, self.act_dim = o, a
         self.context_dim = o + a + 1 + (o if config.use_next_obs_in_context else 0)
-        self.context_width = padded(self.context_dim)  # stored with zero columns (see MLP)
+        self.context_width = tensor_core_width(self.context_dim)  # stored with zero columns (see MLP)
         self.horizon = config.horizon or suite.horizon
         self.train_tasks = self.task_pool()
         self.nets = PEARLNetworks(o, a, self.context_width, config,
                                   torch.Generator().manual_seed(seed))
-        # see policy_action: a CPU copy acts for a policy that learns on a GPU
-        self._acting_policy = copy.deepcopy(self.nets.policy).requires_grad_(False)
-        self._acting_stale = False
         self.nets.to(device)
-        self.graphed = device.type == "cuda" and config.cuda_graphs
+        # eager or accelerated steps (trmrl.accel): chosen here, once
+        self.graphed = uses_cuda_graphs(device, config.cuda_graphs)
+        # a few rows per acting step cost less on the CPU than a GPU round trip: a policy that
+        # learns on a GPU acts through a CPU copy, refreshed after every update
+        self.acting_policy = acting_module(self.nets.policy, device)
+        # fused Adam on any GPU (graphed or not the same kernel); a graph needs its state there
+        self.optimizer_placement = OptimizerPlacement(device, fused=device.type == "cuda",
+                                                      capturable=self.graphed)
         nets = self.nets
         # Adam per network (param groups); two optimisers because the Q/encoder step comes
         # before the V/policy losses are formed
@@ -510,9 +253,7 @@ class PEARLAgent(Agent):
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9EA21]))
         self.eval_seed = seed  # deterministic trials draw z from a generator seeded with this
-        if device.type == "cuda":  # gradient-step noise on the GPU (graph-safe default generator)
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
+        self.step_noise = StepNoise(device, self.generator, seed)  # gradient-step noise
         # buffers
         T, H = len(self.train_tasks), self.horizon
         self.initial_episodes = self.episodes(config.num_initial_steps)
@@ -528,7 +269,14 @@ class PEARLAgent(Agent):
         self._trial: _TrialContext | None = None
         self._eval_generator = torch.Generator()
         self._stats = torch.zeros(len(STEP_STATS), device=device)
-        self._graph: _GraphedStep | None = None
+        # gradient steps op by op, or one CUDA graph replayed per step (captured again when
+        # the replay storage grew and moved, or after a load)
+        if self.graphed:
+            self.run_steps = GraphedLoop(self.gradient_step, device, self.zero_grad,
+                                         restore=self.step_state, key=self.storage_key,
+                                         optimizers=(self.critic_optimizer, self.actor_optimizer))
+        else:
+            self.run_steps = EagerLoop(self.gradient_step, self.zero_grad)
 
     # -- setup ----------------------------------------------------------------------------
     def task_pool(self) -> list[Task]:
@@ -552,10 +300,8 @@ class PEARLAgent(Agent):
         for module, lr in groups:
             by_lr.setdefault(lr, []).extend(module.parameters())
         params = [{"params": p, "lr": lr} for lr, p in by_lr.items()]
-        if self.device.type == "cuda":  # one fused kernel per step (the same one, graphed or
-            # not); a graph needs the state on the device: capturable
-            return torch.optim.Adam(params, fused=True, capturable=self.graphed)
-        return torch.optim.Adam(params)
+        placement = self.optimizer_placement
+        return placement.place(torch.optim.Adam(params, **placement.options()))
 
     # -- acting ---------------------------------------------------------------------------
     def sample_z(self, mu: torch.Tensor, var: torch.Tensor,
@@ -566,19 +312,10 @@ class PEARLAgent(Agent):
     @torch.no_grad()
     def policy_action(self, obs: np.ndarray, z: torch.Tensor, deterministic: bool,
                       generator: torch.Generator) -> np.ndarray:
-        """tanh(mean) or a tanh-Gaussian sample for (s, z); noise from ``generator``.
-
-        On the CPU: a few rows per step cost less there than a GPU round trip, so an agent
-        that learns on a GPU acts with a CPU copy of its policy, refreshed after every update.
-        """
-        policy = self.nets.policy
-        if self.device.type != "cpu":
-            if self._acting_stale:
-                self._acting_policy.load_state_dict(policy.state_dict())
-                self._acting_stale = False
-            policy = self._acting_policy
+        """tanh(mean) or a tanh-Gaussian sample for (s, z) on the CPU (``acting_policy``);
+        noise from ``generator``."""
         inputs = [torch.from_numpy(np.asarray(obs, np.float32)), z]
-        mean, log_std = self.nets.policy_head(inputs, policy)
+        mean, log_std = self.nets.policy_head(inputs, self.acting_policy())
         if not deterministic:
             mean = mean + log_std.exp() * torch.randn(mean.shape, generator=generator)
         return torch.tanh(mean).numpy()
@@ -736,17 +473,10 @@ class PEARLAgent(Agent):
                     + ctx_raw % sizes[tasks].unsqueeze(-1))
         return tasks, rl_rows.view(steps, B * N), ctx_rows.view(steps, B * C)
 
-    def noise(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise for a gradient step: the CPU generator on the CPU, the
-        device's default generator on a GPU (what a CUDA graph can replay)."""
-        if self.device.type == "cpu":
-            return torch.randn(shape, generator=self.generator)
-        return torch.randn(shape, device=self.device)
-
     def gradient_step(self, rl_rows: torch.Tensor, ctx_rows: torch.Tensor) -> None:
         """One PEARL step (see the module docstring); adds its statistics to ``_stats``.
 
-        Leaves gradients in place: the eager caller zeroes them first, a CUDA graph writes
+        Leaves gradients in place: the eager loop zeroes them first, a CUDA graph writes
         fresh ones on every replay. No host synchronisation (it is captured as it is)."""
         c, nets = self.config, self.nets
         o, a, L = self.obs_dim, self.act_dim, c.latent_dim
@@ -756,11 +486,11 @@ class PEARLAgent(Agent):
         reward, terminated, next_obs = batch[:, o + a], batch[:, o + a + 1], batch[:, o + a + 2:]
         context = self.contexts.data[ctx_rows].view(B, c.context_batch_size, self.context_width)
         mu, var = nets.posterior(context)  # [B, L]
-        z = mu + var.sqrt() * self.noise(B, L)
+        z = mu + var.sqrt() * self.step_noise(B, L)
         z = z.unsqueeze(1).expand(B, N, L).reshape(B * N, L)  # row i of the batch: task i // N
         z_free = z.detach()
         mean, log_std = nets.policy_head([obs, z_free])
-        eps = self.noise(B * N, a)
+        eps = self.step_noise(B * N, a)
         pre_tanh = mean + log_std.exp() * eps
         new_action = torch.tanh(pre_tanh)
         log_pi = tanh_gaussian_log_prob(eps, log_std, pre_tanh)
@@ -798,41 +528,22 @@ class PEARLAgent(Agent):
         """``steps`` gradient steps on batches from the buffers; mean statistics."""
         _, rl_rows, ctx_rows = self.draw_indices(steps)
         self._stats.zero_()
-        self._acting_stale = True  # the policy changes
-        with self._matmul_precision():
-            self._steps(steps, rl_rows, ctx_rows)
+        self.acting_policy.mark_stale()  # the policy changes
+        with tf32(self.device, matmul=self.config.tf32):  # on a GPU (a graph keeps its kernels)
+            self.run_steps(rl_rows, ctx_rows)
         metrics = dict(zip(STEP_STATS, (self._stats / steps).tolist()))
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"non-finite PEARL losses: {metrics}")
         return metrics
 
-    @contextlib.contextmanager
-    def _matmul_precision(self):
-        """TF32 matrix products while stepping on a GPU with ``tf32`` (a graph keeps the
-        kernels chosen at its capture); the process-wide setting is restored afterwards."""
-        if self.device.type != "cuda":
-            yield
-            return
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.config.tf32
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
+    def step_state(self) -> list[torch.Tensor]:
+        """What a gradient step changes besides the optimisers: every network (v_target's
+        included) and the statistics (put back after a graph's warm-up steps)."""
+        return [*self.nets.parameters(), self._stats]
 
-    def _steps(self, steps: int, rl_rows: torch.Tensor, ctx_rows: torch.Tensor) -> None:
-        if self.graphed:
-            key = (self.replay.data.data_ptr(), self.contexts.data.data_ptr())
-            if self._graph is None or self._graph.key != key:
-                self._graph = None  # free the old graph's memory first
-                self._graph = _GraphedStep(self, key)
-            for i in range(steps):
-                self._graph(rl_rows[i], ctx_rows[i])
-        else:
-            for i in range(steps):
-                self.zero_grad()
-                self.gradient_step(rl_rows[i], ctx_rows[i])
-            self.zero_grad()
+    def storage_key(self) -> tuple[int, int]:
+        """The buffers' storage addresses, which a captured step reads."""
+        return self.replay.data.data_ptr(), self.contexts.data.data_ptr()
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -844,8 +555,9 @@ class PEARLAgent(Agent):
                  "initial_done": self.initial_done, "iteration": self.iteration,
                  "calls": dict(self.calls), "generator": self.generator.get_state(),
                  "rng": self.rng.bit_generator.state, "eval_seed": self.eval_seed}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        device_rng = self.step_noise.device_state()
+        if device_rng is not None:
+            state["cuda_rng"] = device_rng
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -865,7 +577,8 @@ class PEARLAgent(Agent):
             # a copy: loading keeps tensors already on the right device, which would share
             # the moments with the agent the state came from
             optimizer.load_state_dict(copy.deepcopy(state[key]))
-            self._match_optimizer(optimizer)
+            # a checkpoint may come from the other path (GPU graphs <-> eager): match this one
+            self.optimizer_placement.place(optimizer)
         self.replay.load_state_dict(state["replay"])
         self.contexts.load_state_dict(state["contexts"])
         self.initial_done, self.iteration = state["initial_done"], state["iteration"]
@@ -873,70 +586,11 @@ class PEARLAgent(Agent):
         self.generator.set_state(state["generator"])
         self.rng.bit_generator.state = state["rng"]
         self.eval_seed = state["eval_seed"]
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self._graph = None  # the optimiser state is new: capture again
-        self._acting_stale = True
-
-    def _match_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """A checkpoint may come from the other path (GPU graphs <-> eager): match this one."""
-        for group in optimizer.param_groups:
-            group["fused"] = self.device.type == "cuda" or None
-            group["capturable"] = self.graphed
-            for param in group["params"]:
-                step = optimizer.state.get(param, {}).get("step")
-                if isinstance(step, torch.Tensor):
-                    optimizer.state[param]["step"] = (step.to(self.device, torch.float32)
-                                                      if self.graphed else step.cpu())
+        self.step_noise.set_device_state(state.get("cuda_rng"))
+        self.run_steps.reset()  # the optimiser state is new: capture again
+        self.acting_policy.mark_stale()
 
     def close(self) -> None:
         for sampler in self._samplers.values():
             sampler.close()
         self._samplers.clear()
-
-
-class _GraphedStep:
-    """``PEARLAgent.gradient_step`` captured once in a CUDA graph and replayed.
-
-    Captured on the agent's current buffer storage (``key``: their addresses); warm-up steps
-    before the capture change the parameters, the optimiser state, the statistics and the
-    CUDA generator, so all of them are restored in place afterwards.
-    """
-
-    def __init__(self, agent: PEARLAgent, key: tuple[int, int]):
-        c, device = agent.config, agent.device
-        self.key = key
-        self.rl_rows = torch.zeros(c.meta_batch * c.batch_size, dtype=torch.long, device=device)
-        self.ctx_rows = torch.zeros(c.meta_batch * c.context_batch_size, dtype=torch.long,
-                                    device=device)
-        optimizers = (agent.critic_optimizer, agent.actor_optimizer)
-        tensors = [*agent.nets.parameters(), agent._stats]  # v_target's included
-        saved = [t.detach().clone() for t in tensors]
-        saved_state = [copy.deepcopy(opt.state_dict()["state"]) for opt in optimizers]
-        rng_state = torch.cuda.get_rng_state(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                agent.zero_grad()
-                agent.gradient_step(self.rl_rows, self.ctx_rows)
-        torch.cuda.current_stream(device).wait_stream(side)
-        agent.zero_grad()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            agent.gradient_step(self.rl_rows, self.ctx_rows)
-        with torch.no_grad():  # undo the warm-up steps, keeping every tensor's address
-            for tensor, value in zip(tensors, saved):
-                tensor.copy_(value)
-            for opt, old_state in zip(optimizers, saved_state):
-                for index, state in opt.state_dict()["state"].items():
-                    for name, value in state.items():
-                        if isinstance(value, torch.Tensor):
-                            old = old_state.get(index, {}).get(name)
-                            value.copy_(old if old is not None else torch.zeros_like(value))
-        torch.cuda.set_rng_state(rng_state, device)
-
-    def __call__(self, rl_rows: torch.Tensor, ctx_rows: torch.Tensor) -> None:
-        self.rl_rows.copy_(rl_rows)
-        self.ctx_rows.copy_(ctx_rows)
-        self.graph.replay()
