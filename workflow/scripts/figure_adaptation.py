@@ -16,13 +16,10 @@ def build(snakemake):
     for ax, env in zip(axes.flat, envs):
         plotting.draw_episodes(ax, summary[summary["env"] == env], bool(snakemake.params.missing))
         ax.set_title(f"{env}: test tasks")
-    plotting.legend_outside(fig, axes)
-    plotting.partial_note(fig, snakemake.params.missing)
-    return fig
+    return plotting.finish(fig, axes, snakemake.params.missing)
 
 
-def main(snakemake):
-    plotting.save(build(snakemake), snakemake.output)
+main = plotting.script_main(build)
 
 
 if __name__ == "__main__":

@@ -80,8 +80,7 @@ def build(snakemake):
     return fig
 
 
-def main(snakemake):
-    plotting.save(build(snakemake), snakemake.output)
+main = plotting.script_main(build)
 
 
 if __name__ == "__main__":

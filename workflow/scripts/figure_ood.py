@@ -44,13 +44,10 @@ def build(snakemake):
         draw_by_task_param(row[1], by_task[by_task["env"] == env], envs_info[env])
         row[0].set_title(f"{env}: OOD tasks")
         row[1].set_title(f"{env}: OOD, last episode")
-    plotting.legend_outside(fig, axes)
-    plotting.partial_note(fig, snakemake.params.missing)
-    return fig
+    return plotting.finish(fig, axes, snakemake.params.missing)
 
 
-def main(snakemake):
-    plotting.save(build(snakemake), snakemake.output)
+main = plotting.script_main(build)
 
 
 if __name__ == "__main__":

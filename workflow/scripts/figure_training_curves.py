@@ -33,13 +33,10 @@ def build(snakemake):
         plotting.note_ties(ax, curves)
         ax.set(title=env, xlabel=steps_label)
         plotting.set_metric_axis(ax, metric)
-    plotting.legend_outside(fig, axes)
-    plotting.partial_note(fig, snakemake.params.missing)
-    return fig
+    return plotting.finish(fig, axes, snakemake.params.missing)
 
 
-def main(snakemake):
-    plotting.save(build(snakemake), snakemake.output)
+main = plotting.script_main(build)
 
 
 if __name__ == "__main__":

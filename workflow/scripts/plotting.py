@@ -223,3 +223,17 @@ def save(fig, output) -> None:
     fig.savefig(output.pdf)
     fig.savefig(output.png, dpi=200)
     plt.close(fig)
+
+
+def finish(fig, axes, missing):
+    """The shared legend below the panels and the note of missing runs; returns ``fig``."""
+    legend_outside(fig, axes)
+    partial_note(fig, missing)
+    return fig
+
+
+def script_main(build):
+    """A figure script's ``main(snakemake)``: ``build`` the figure and save it."""
+    def main(snakemake):
+        save(build(snakemake), snakemake.output)
+    return main
