@@ -100,11 +100,13 @@ def _parse_rate(row: dict[str, str], where: str) -> Rate:
         raise UserError(f"{where}: date {values['date']!r} is not YYYY-MM-DD")
     try:
         version = int(values["defaults_version"])
+    except ValueError:
+        raise UserError(f"{where}: defaults_version must be an integer, got "
+                        f"{values['defaults_version']!r}") from None
+    try:
         rate = float(values["env_steps_per_s"])
     except ValueError:
-        raise UserError(f"{where}: defaults_version must be an integer and env_steps_per_s a "
-                        f"number, got {values['defaults_version']!r} and "
-                        f"{values['env_steps_per_s']!r}") from None
+        rate = float("nan")
     if not rate > 0 or rate == float("inf"):
         raise UserError(f"{where}: env_steps_per_s must be a positive number, got "
                         f"{values['env_steps_per_s']!r}")
@@ -283,6 +285,15 @@ def totals(rows: list[PlanRow]) -> Totals:
 # ---------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------
+def _shown(path: str | Path) -> str:
+    """A path below the working directory relative to it (the workflow passes absolute ones)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _hours(value: float | None, counted: bool) -> str:
     if value is None:
         return "?"
@@ -290,16 +301,20 @@ def _hours(value: float | None, counted: bool) -> str:
 
 
 def format_plan(rows: list[PlanRow], machine: str, rates_path: str | Path) -> str:
-    header = (f"{'agent':<26} {'env':<13} {'steps/run':>12} {'runs':>4} {'h/run':>8} "
-              f"{'h total':>8}  rate used")
-    lines = [f"cost plan on {machine} (rates: {rates_path}): training runs one after another, "
-             "each at its measured rate; evaluation not included", header, "-" * len(header)]
+    agent_width = max([len("agent")] + [len(row.agent_dir) for row in rows])
+    env_width = max([len("env")] + [len(row.env) for row in rows])
+    header = (f"{'agent':<{agent_width}} {'env':<{env_width}} {'steps/run':>12} {'runs':>4} "
+              f"{'h/run':>8} {'h total':>8}  rate used")
+    lines = [f"cost plan on {machine} (rates: {_shown(rates_path)}): training runs one after "
+             "another, each at its measured rate; evaluation not included", header,
+             "-" * len(header)]
     for row in rows:
         note = row.choice.note
         if row.overrides and row.choice.rate is not None:
             note += f"; measured with the defaults, these runs --set {' '.join(row.overrides)}"
         total = row.hours if row.choice.counted else None
-        lines.append(f"{row.agent_dir:<26} {row.env:<13} {row.steps:>12,} {row.runs:>4} "
+        lines.append(f"{row.agent_dir:<{agent_width}} {row.env:<{env_width}} {row.steps:>12,} "
+                     f"{row.runs:>4} "
                      f"{_hours(row.hours_per_run, row.choice.counted):>8} "
                      f"{_hours(total, True):>8}  {note}")
     lines.append(summary_line(totals(rows), machine))
@@ -320,7 +335,7 @@ def format_overview(runs: list[PlannedRun], rates: list[Rate], rates_path: str |
     """Without a machine kind: the grid's size and each measured kind's total, one line each."""
     steps = sum(run.steps for run in runs)
     lines = [f"cost plan: {len(runs)} training runs, {steps / 1e9:,.2f}G env steps in all; "
-             f"totals per machine kind of {rates_path} (training only, one run after another):"]
+             f"totals per machine kind of {_shown(rates_path)} (training only, one run after another):"]
     for kind in machine_kinds(rates):
         lines.append("  " + summary_line(totals(plan_rows(runs, rates, kind)), kind))
     lines.append("  per agent x env: `snakemake -n --config plan_machine=KIND` "
