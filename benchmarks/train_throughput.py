@@ -48,6 +48,11 @@ def main() -> None:
     if args.record is not None and not plan.MACHINE_PATTERN.fullmatch(args.record):
         parser.error(f"--record {args.record!r}: a machine kind is lowercase letters, digits, "
                      "'.', '+' and '-', e.g. h200-16core")
+    if args.record is not None:
+        other = [key for key in cfg.parse_overrides(args.set) if key not in plan.SPEED_KEYS]
+        if other:
+            parser.error(f"--record measures an agent's defaults, but --set changes {', '.join(other)}; "
+                         f"only {', '.join(plan.SPEED_KEYS)} may be set")
     load_before = os.getloadavg()[0]
 
     torch.set_num_threads(available_cpus())

@@ -27,6 +27,10 @@ DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 # the committed table, beside the package in a checkout (pip install -e .)
 DEFAULT_RATES = Path(__file__).resolve().parents[1] / "benchmarks" / "rates.csv"
 
+# --set keys that change how fast a run goes, not what it computes: a rate measured with them is
+# still a rate of the defaults (a rate of other hyperparameters would not be)
+SPEED_KEYS = ("num_workers", "pipeline_sampling", "cuda_graphs", "torch_compile")
+
 # Envs whose steps cost about the same: the same MuJoCo body and horizon, differing only in the
 # task's reward (cheetah-vel/-dir) or in the object on the table (the ML1 tasks). Only these
 # may lend each other a rate, and the plan names the env it borrowed from.
