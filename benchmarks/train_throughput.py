@@ -5,17 +5,24 @@ PPO update, and the wall time this implies for the paper budget. Example:
 
     python benchmarks/train_throughput.py --agent trmrl --env cheetah-vel --device cuda
     python benchmarks/train_throughput.py --device cuda --set cuda_graphs=false   # eager
+    python benchmarks/train_throughput.py --agent rl2 --device cpu --record cpu-2core  # + a row
+                                                                          # of benchmarks/rates.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import shlex
+import sys
 import time
 
 import numpy as np
 import torch
 
 from trmrl import config as cfg
+from trmrl import plan
 from trmrl.sampling import TrialSampler
 from trmrl.train import build_agent, resolve
 from trmrl.utils import available_cpus, format_duration, trainer_threads
@@ -30,7 +37,23 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
                         help="then profile one more update and print its top ROWS ops by device time")
+    parser.add_argument("--record", default=None, metavar="MACHINE_KIND",
+                        help="append the end-to-end rate to the rates table of the cost plan "
+                        "(`trmrl plan`) as measured on this machine kind, e.g. cpu-2core")
+    parser.add_argument("--rates", default=str(plan.DEFAULT_RATES), metavar="FILE.csv",
+                        help="the rates table --record appends to")
+    parser.add_argument("--note", default="", help="--record: conditions worth knowing "
+                        "(the load averages are added)")
     args = parser.parse_args()
+    if args.record is not None and not plan.MACHINE_PATTERN.fullmatch(args.record):
+        parser.error(f"--record {args.record!r}: a machine kind is lowercase letters, digits, "
+                     "'.', '+' and '-', e.g. h200-16core")
+    if args.record is not None:
+        other = [key for key in cfg.parse_overrides(args.set) if key not in plan.SPEED_KEYS]
+        if other:
+            parser.error(f"--record measures an agent's defaults, but --set changes {', '.join(other)}; "
+                         f"only {', '.join(plan.SPEED_KEYS)} may be set")
+    load_before = os.getloadavg()[0]
 
     torch.set_num_threads(available_cpus())
     spec = resolve(args.agent, args.env, 0, device=args.device, overrides=cfg.parse_overrides(args.set))
@@ -88,6 +111,18 @@ def main() -> None:
     print(f"  paper budget {hp.steps:,} steps -> {format_duration(hp.steps / rate)} at this rate"
           + (" (an upper bound: in whole runs target_kl shortens most updates; a run's own rate"
              " is env_steps / wall_s of its metrics.csv)" if getattr(hp, "target_kl", 0) else ""))
+    if args.record is not None:
+        # the first iterations only: a whole run's rate also pays for evaluations and, with
+        # target_kl, has shorter updates later on
+        note = (f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+                f"{args.iterations} iterations after one warm-up" + (f"; {args.note}" if args.note else ""))
+        plan.append_rate(args.rates, plan.Rate(
+            machine=args.record, agent=args.agent, env=args.env,
+            defaults_version=spec.defaults_version, device=f"{spec.device.split(':')[0]} ({device})",
+            env_steps_per_s=rate, measured="first iterations",
+            command=shlex.join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
+            date=datetime.date.today().isoformat(), note=note))
+        print(f"  recorded in {args.rates} for machine kind {args.record}")
 
 
 if __name__ == "__main__":

@@ -379,6 +379,24 @@ def cmd_validate(args) -> None:
     print(f"{len(runs)} runs: hyperparameters valid")
 
 
+def cmd_plan(args) -> None:
+    """The expected hours of planned runs (JSON on stdin, as the workflow writes them) on a
+    machine kind, from the measured rates table; without --machine, each kind's total."""
+    from trmrl import plan
+
+    try:
+        runs = plan.parse_runs(json.load(sys.stdin))
+    except ValueError as error:
+        raise UserError(f"plan: stdin is not a JSON list of runs ({error})") from None
+    rates_path = args.rates or plan.DEFAULT_RATES
+    rates = plan.read_rates(rates_path)
+    if args.machine is None:
+        print(plan.format_overview(runs, rates, rates_path))
+        return
+    plan.check_machine(rates, args.machine, rates_path)
+    print(plan.format_plan(plan.plan_rows(runs, rates, args.machine), args.machine, rates_path))
+
+
 def cmd_evaluate(args) -> None:
     from trmrl.evaluate import evaluate
 
@@ -455,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check planned runs' hyperparameters (JSON on "
                               "stdin), as the workflow does before any job starts")
     validate.set_defaults(func=cmd_validate)
+
+    plan = sub.add_parser("plan", help="expected hours of planned runs (JSON on stdin, as "
+                          "`snakemake -n` writes them) from measured rates")
+    plan.add_argument("--machine", default=None, metavar="KIND",
+                      help="a machine kind of the rates table, e.g. h200-16core (default: "
+                      "each kind's total)")
+    plan.add_argument("--rates", default=None, metavar="FILE.csv",
+                      help="the rates table (default: benchmarks/rates.csv of this checkout)")
+    plan.set_defaults(func=cmd_plan)
     return parser
 
 

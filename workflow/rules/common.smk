@@ -170,6 +170,27 @@ def check_runs_resolve(executable, runs):
         raise WorkflowError(f"invalid config: {lines[-1].removeprefix('trmrl: error: ')}")
 
 
+def print_cost_plan(executable, runs):
+    """A dry run prints the expected hours of the runs (`trmrl plan`, from the measured rates
+    of benchmarks/rates.csv) on the machine kind `plan_machine`, or each kind's total."""
+    rates = Path(workflow.basedir) / "benchmarks" / "rates.csv"
+    machine = config["plan_machine"]
+    if not rates.exists() and machine is None:  # a copy of the workflow without benchmarks/
+        print(f"cost plan: no rates table at {rates}")
+        return
+    plan = [{"agent": run.agent, "env": run.env, "seed": run.seed, "variant": run.variant,
+             "steps": run.steps or AGENTS[run.agent]["defaults"][run.env]["steps"],
+             "defaults_version": AGENTS[run.agent]["defaults_version"],
+             "set": [f"{k}={yaml_scalar(v)}" for k, v in run.overrides]} for run in runs]
+    command = [executable, "plan", "--rates", str(rates)]
+    command += ["--machine", machine] if machine is not None else []
+    result = subprocess.run(command, input=json.dumps(plan), text=True, capture_output=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no message)"]
+        raise config_error(["plan_machine"], lines[-1].removeprefix("trmrl: error: "))
+    print(result.stdout, end="")
+
+
 # ---------------------------------------------------------------------------------------
 # Runs
 # ---------------------------------------------------------------------------------------
@@ -424,6 +445,8 @@ RUNS_BY_PATH = index_runs(MAIN_RUNS + ABLATION_RUNS)
 ALL_RUNS = list(RUNS_BY_PATH.values())
 RUN_ENVS = [run.env for run in ALL_RUNS]
 check_runs_resolve(TRMRL, ALL_RUNS)
+if workflow.output_settings.dryrun:  # known at parse time; onstart does not run in dry runs
+    print_cost_plan(TRMRL, ALL_RUNS)
 OOD_RUNS = [run for run in MAIN_RUNS if has_ood(run.env)]
 REFERENCE_AGENTS = ("oracle", "memoryless")
 HAS_REFERENCES = all(agent in config["agents"] for agent in REFERENCE_AGENTS)
