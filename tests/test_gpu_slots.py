@@ -36,8 +36,12 @@ marker = state / "running" / f"{name}.json"
 partial = marker.with_suffix(".tmp")
 partial.write_text(json.dumps(record))
 partial.rename(marker)  # whole files only, for the jobs that read it
-others = [json.loads(path.read_text()) for path in (state / "running").glob("*.json")
-          if path != marker]
+others = []
+for path in (state / "running").glob("*.json"):
+    try:
+        others += [json.loads(path.read_text())] if path != marker else []
+    except FileNotFoundError:  # that job has just finished
+        pass
 record["jobs_on_gpu"] = 1 + sum(other["gpu"] == record["gpu"] for other in others)
 record["shared_cpus"] = sorted(set(record["cpus"]) & {c for o in others for c in o["cpus"]})
 try:
