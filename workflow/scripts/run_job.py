@@ -6,9 +6,9 @@
 Local runs (`--pin`, `--gpus`): the job first takes a GPU slot, one of `jobs_per_gpu` per GPU
 of `gpus`, on the GPU with the fewest jobs, and runs with CUDA_VISIBLE_DEVICES set to that GPU;
 then `threads` CPUs that no other job holds, and runs with its CPU affinity set to them. Each
-slot and each CPU is an exclusive `flock` on a file of its own under `.snakemake/slots/`, held
-by this process and the job's process for the job's lifetime: the kernel releases it when they
-end, however they end (exit, crash, SIGKILL, Ctrl-C of snakemake). A job that finds no free
+slot and each CPU is an exclusive `flock` on a file of its own under `.snakemake/slots/`, taken
+by this process and passed on to the job's: the kernel releases it once both have ended,
+however they end (exit, crash, SIGKILL, Ctrl-C of snakemake). A job that finds no free
 slot or not enough free CPUs waits; its log says so. On a cluster the workflow passes neither
 option: SLURM gives each job its GPUs and CPUs.
 
