@@ -44,8 +44,11 @@ for path in (state / "running").glob("*.json"):
         pass
 record["jobs_on_gpu"] = 1 + sum(other["gpu"] == record["gpu"] for other in others)
 record["shared_cpus"] = sorted(set(record["cpus"]) & {c for o in others for c in o["cpus"]})
+give_up = time.monotonic() + 600  # a test that failed without killing it: no orphan for long
 try:
     while not (state / "go").exists():
+        if time.monotonic() > give_up:
+            sys.exit(3)
         time.sleep(0.02)
 except KeyboardInterrupt:
     sys.exit(130)
@@ -105,6 +108,17 @@ def start_jobs(tmp_path: Path, count: int, *options: str, first: int = 0) -> tup
     return state, processes
 
 
+def kill_groups(processes: list) -> None:
+    """SIGKILL to each job's process group: its wrapper and the job, also where the wrapper
+    is gone (a test that failed after killing it)."""
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
 def wait_until(condition, what: str):
     deadline = time.monotonic() + WAIT_S
     while not condition():
@@ -157,9 +171,7 @@ def test_eight_jobs_fill_two_gpus_two_slots_each_and_never_more(tmp_path):
         assert sorted(job["gpu"] for job in first) == ["0", "0", "1", "1"]
         records = finish(state, processes)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+        kill_groups(processes)
     assert len(records) == 8
     assert {job["gpu"] for job in records} == {"0", "1"}
     assert max(job["jobs_on_gpu"] for job in records) <= 2, records
@@ -178,9 +190,7 @@ def test_jobs_spread_over_the_gpus(tmp_path):
         assert sorted(job["gpu"] for job in running(state)) == ["0", "1"]
         finish(state, processes)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+        kill_groups(processes)
 
 
 def test_concurrent_jobs_run_on_cpus_of_their_own(tmp_path):
@@ -197,9 +207,7 @@ def test_concurrent_jobs_run_on_cpus_of_their_own(tmp_path):
         assert len(cpus) == len(set(cpus)) and set(cpus) <= set(allowed), first
         records = finish(state, processes)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+        kill_groups(processes)
     assert len(records) == 8
     for job in records:
         assert len(job["cpus"]) == threads and job["omp"] == str(threads), job
@@ -237,8 +245,7 @@ def test_every_slot_is_released_after_a_killed_job(tmp_path, kill):
             os.kill(job["pid"], signal.SIGKILL)
         wait_until(lambda: held(slots) == [], "every slot released")
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_groups([process])
 
 
 # ---------------------------------------------------------------------------------------
