@@ -27,6 +27,16 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/cluster.smk"
 
 
+# Before the first job (not in dry runs; snakemake knows the executor only now): a local
+# run checks `gpus` against this machine, a SLURM run its profile against the cluster.
+onstart:
+    executor = workflow.executor_plugin.name if workflow.executor_plugin else "local"
+    if executor == "local":
+        check_local_gpus()
+    elif executor == "slurm":
+        check_slurm_submission()
+
+
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"

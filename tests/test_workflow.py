@@ -9,6 +9,7 @@ temporary folder, so the tests never touch the checkout's results/ or .snakemake
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import re
 import shutil
@@ -620,6 +621,12 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     before = (run / "progress.csv").read_text().splitlines()
     assert not (run / "train.done").exists(), "the run finished before the interruption"
+    # the job's CPU (workflow/scripts/run_job.py) is free again
+    slots = sorted((workdir / ".snakemake" / "slots").glob("cpu*.lock"))
+    assert slots
+    for path in slots:
+        with open(path) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held
     assert (run / "checkpoint.pt").exists(), "snakemake must not delete the run directory"
 
     config["steps"] = 64_000  # the rerun resumes and stops at a small budget (steps may change)

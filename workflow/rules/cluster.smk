@@ -1,7 +1,8 @@
 """SLURM (profiles/slurm): checks of the profile against the cluster, before any job is submitted.
 
-Snakemake only knows the executor once the DAG is built, so the checks run in `onstart`, which
-comes after that and before the first submission (not in dry runs, not inside cluster jobs).
+Snakemake only knows the executor once the DAG is built, so the checks run in `onstart` (in the
+Snakefile), which comes after that and before the first submission (not in dry runs, not inside
+cluster jobs).
 Each problem is one line naming the profile key (or config key) and what is valid; all of them
 are reported at once. Nothing here runs for local execution.
 """
@@ -234,10 +235,10 @@ def check_slurm_profile(jobs, facts):
     return list(dict.fromkeys(problems))  # the same problem for many jobs, once
 
 
-onstart:
-    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
-        remote = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
-        problems = check_slurm_profile(remote, cluster_facts()) if remote else []
-        if problems:
-            raise WorkflowError("profiles/slurm does not fit this cluster or config; nothing "
-                                "was submitted:\n  " + "\n  ".join(problems))
+def check_slurm_submission():
+    """The checks, when the executor is SLURM (the Snakefile's onstart)."""
+    remote = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    problems = check_slurm_profile(remote, cluster_facts()) if remote else []
+    if problems:
+        raise WorkflowError("profiles/slurm does not fit this cluster or config; nothing "
+                            "was submitted:\n  " + "\n  ".join(problems))

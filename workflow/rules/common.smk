@@ -5,6 +5,7 @@ results/<experiment>/runs/<env>/<agent dir>/seed<seed>[-rev<R>]/ where <agent di
 agent's name, or `<agent>--<variant>` for an ablation variant (e.g. `trmrl--layers-2`).
 """
 
+import importlib.util
 import itertools
 import json
 import os
@@ -356,6 +357,72 @@ def job_resources(kind, key):
     return lookup
 
 
+# ---------------------------------------------------------------------------------------
+# Where train and evaluate jobs run: a GPU slot and CPUs of their own (local runs)
+# ---------------------------------------------------------------------------------------
+def load_run_job():
+    """workflow/scripts/run_job.py, which runs every train and evaluate job, as a module: its
+    `gpus` checks are the workflow's."""
+    spec = importlib.util.spec_from_file_location("run_job", SCRIPTS / "run_job.py")
+    run_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_job)
+    return run_job
+
+
+def job_gpus(config):
+    """The `gpus` of local jobs ("all" or ids); None where jobs run on the CPU. `device:
+    cuda:N` is GPU N alone."""
+    device = str(config["device"])
+    try:
+        gpus = RUN_JOB.parse_gpus(config["gpus"])
+    except RUN_JOB.SlotError as error:
+        raise WorkflowError(str(error)) from None
+    if device.startswith("cuda:"):
+        own = int(device.split(":")[1])
+        if gpus not in ("all", [own]):
+            raise config_error(["gpus"], f"{gpus} and `device: {device}` disagree; for several "
+                               f"GPUs use `device: cuda` with `gpus: {gpus}`")
+        return [own]
+    return gpus if device in ("cuda", "auto") else None
+
+
+def job_launcher():
+    """The start of a train / evaluate job's command: run_job.py with what the job holds
+    locally. A cluster job runs on the GPUs and CPUs that SLURM gave it."""
+    script = os.path.relpath(SCRIPTS / "run_job.py")
+    script = str(SCRIPTS / "run_job.py") if script.startswith("..") else script  # -s elsewhere
+    words = [sys.executable, script]
+    if not workflow.remote_exec:
+        words.append("--pin")
+        if JOB_GPUS is not None:
+            words += ["--gpus", JOB_GPUS if JOB_GPUS == "all" else ",".join(map(str, JOB_GPUS)),
+                      "--jobs-per-gpu", str(config["jobs_per_gpu"])]
+    return " ".join(shlex.quote(word) for word in words) + " --threads {threads}"
+
+
+def job_device():
+    """--device of train / evaluate jobs: a local job sees only its own GPU, as cuda:0."""
+    device = str(config["device"])
+    return "cuda" if device.startswith("cuda:") and not workflow.remote_exec else device
+
+
+def check_local_gpus():
+    """Before the first local job: `gpus` against this machine's GPUs (an id it lacks, or
+    `device: cuda` where there is none), one line naming the key."""
+    jobs = {job.rule.name for job in workflow.dag.needrun_jobs()}
+    if JOB_GPUS is None or not jobs & {"train", "evaluate_adaptation", "evaluate_ood"}:
+        return  # e.g. figures from runs trained elsewhere
+    try:
+        gpus = RUN_JOB.resolve_gpus(JOB_GPUS)
+    except RUN_JOB.SlotError as error:
+        raise WorkflowError(str(error)) from None
+    device = str(config["device"])
+    if not gpus and device.startswith("cuda"):
+        _, source = RUN_JOB.machine_gpus()
+        raise config_error(["device"], f"{device!r} needs a GPU, but this machine has none "
+                           f"({source}); use cpu or auto")
+
+
 def has_ood(env):
     return "ood" in ENVS[env]["splits"]
 
@@ -422,6 +489,9 @@ RESULTS = f"results/{config['experiment']}"
 LOGS = f"{RESULTS}/logs"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 TRMRL = trmrl_executable()
+RUN_JOB = load_run_job()
+JOB_GPUS = job_gpus(config)
+JOB = job_launcher()
 # jobs find `trmrl` even when snakemake was started by path from an unactivated venv
 shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(TRMRL).parent))}:\"$PATH\"; ")
 

@@ -13,7 +13,7 @@ rule evaluate_adaptation:
         f"{LOGS}/evaluate/{{env}}/{{agent}}/seed{{seed}}{{rev}}.adaptation.log",
     params:
         run_dir=lambda wildcards, input: os.path.dirname(input[0]),
-        device=config["device"],
+        device=job_device(),
     threads: job_resources("evaluate", "cpus")
     resources:
         mem_mb=job_resources("evaluate", "mem_mb"),
@@ -23,8 +23,8 @@ rule evaluate_adaptation:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} trmrl evaluate --run {params.run_dir} --protocol adaptation "
-        "--out {output.table} --latents {output.latents} --device {params.device} > {log} 2>&1"
+        f"{JOB} --log {{log}} -- trmrl evaluate --run {{params.run_dir}} --protocol adaptation "
+        "--out {output.table} --latents {output.latents} --device {params.device}"
 
 
 rule evaluate_ood:
@@ -36,7 +36,7 @@ rule evaluate_ood:
         f"{LOGS}/evaluate/{{env}}/{{agent}}/seed{{seed}}{{rev}}.ood.log",
     params:
         run_dir=lambda wildcards, input: os.path.dirname(input[0]),
-        device=config["device"],
+        device=job_device(),
     threads: job_resources("evaluate", "cpus")
     resources:
         mem_mb=job_resources("evaluate", "mem_mb"),
@@ -46,5 +46,5 @@ rule evaluate_ood:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} trmrl evaluate --run {params.run_dir} --protocol ood "
-        "--out {output} --device {params.device} > {log} 2>&1"
+        f"{JOB} --log {{log}} -- trmrl evaluate --run {{params.run_dir}} --protocol ood "
+        "--out {output} --device {params.device}"

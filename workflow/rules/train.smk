@@ -20,7 +20,7 @@ rule train:
             f"--steps {run_of(wildcards).steps}" if run_of(wildcards).steps else ""
         ),
         overrides=lambda wildcards: run_of(wildcards).set_args(),
-        device=config["device"],
+        device=job_device(),
     threads: job_resources("train", "cpus")
     resources:
         mem_mb=job_resources("train", "mem_mb"),
@@ -30,21 +30,13 @@ rule train:
         attempt=lambda wildcards, attempt: attempt,  # 1, then 2, ... on snakemake's --retries
     conda:
         "../../environment.yml"
-    # OMP_NUM_THREADS sizes torch's thread pool: by default it takes every core, which
-    # slows jobs that share a machine ~5x.
-    # Retries (--retries, profiles/slurm) are for jobs that were killed: cancelled, preempted
-    # or timed out by SLURM; the run resumes from its checkpoint. A real error (exit 1: the run
-    # diverged or crashed, 2: bad input) is kept in <log>.failed, and the retries of this
-    # snakemake invocation stop at once with that log instead of repeating it.
+    # workflow/scripts/run_job.py (JOB) runs the job: locally on a GPU slot and CPUs of its
+    # own, with OMP_NUM_THREADS={threads}, its output in the log. Retries (--retries,
+    # profiles/slurm) are for jobs that were killed: cancelled, preempted or timed out by
+    # SLURM; the run resumes from its checkpoint. A real error (exit 1: the run diverged or
+    # crashed, 2: bad input) is kept in <log>.failed, and the retries of this snakemake
+    # invocation stop at once with that log instead of repeating it.
     shell:
-        "failed={log}.failed; "
-        "if [ {resources.attempt} -eq 1 ]; then rm -f $failed; elif [ -e $failed ]; then "
-        "cat $failed > {log}; echo \"not retried: an earlier attempt failed with this error, "
-        "not a kill by the cluster; fix it and run snakemake again\" >> {log}; exit 1; fi; "
-        "OMP_NUM_THREADS={threads} trmrl train --agent {params.agent} --env {wildcards.env} "
-        "--seed {wildcards.seed} --out {params.run_dir} {params.steps} --device {params.device} "
-        "{params.overrides} > {log} 2>&1 "
-        "|| {{ status=$?; [ $status -ne 2 ] || echo 'hint: a run directory keeps its "
-        "hyperparameters; to retrain with new ones, bump train_revision in the config' >> {log}; "
-        "[ $status -gt 2 ] || cp {log} $failed; "
-        "exit $status; }}"
+        f"{JOB} --log {{log}} --attempt {{resources.attempt}} -- "
+        "trmrl train --agent {params.agent} --env {wildcards.env} --seed {wildcards.seed} "
+        "--out {params.run_dir} {params.steps} --device {params.device} {params.overrides}"
