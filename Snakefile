@@ -5,7 +5,7 @@
 
 (`all` is the default target; a target goes before --configfile, which takes several files.)
 
-Rules live in workflow/rules/, scripts in workflow/scripts/; see workflow/README-section.md.
+Rules live in workflow/rules/, scripts in workflow/scripts/; see docs/workflow.md.
 """
 
 from snakemake.utils import min_version
