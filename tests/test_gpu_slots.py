@@ -359,3 +359,18 @@ def test_workflow_jobs_run_on_their_gpu_slot_and_cpus(tmp_path):
     assert len(evaluations) == 4 and all(
         line.startswith("--pin --gpus 0,1 --jobs-per-gpu 1 --threads 1 --log ")
         for line in evaluations), result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("says, hinted", [
+    ("trmrl: error: R was trained with other hyperparameters (layers: 4 -> 2); ...", True),
+    ("trmrl: error: R is in use by pid 7 on host h (trmrl train)", False)])
+def test_train_revision_hint_only_for_changed_hyperparameters(tmp_path, says, hinted):
+    """A job that exits 2 gets the hint to bump train_revision only where `trmrl train`
+    refused a run directory for its hyperparameters, not for a held lock or a bad path."""
+    log = tmp_path / "job.log"
+    command = [sys.executable, "-c", f"import sys; print({says!r}); sys.exit(2)"]
+    result = subprocess.run([sys.executable, str(RUN_JOB), "--threads", "1", "--slots",
+                             str(tmp_path / "slots"), "--log", str(log), "--attempt", "1", "--",
+                             *command], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert ("bump train_revision" in log.read_text()) == hinted

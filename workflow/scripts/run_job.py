@@ -354,6 +354,15 @@ def run(args, env: dict[str, str], out: Output, held_fds: list[int]) -> int:
     return 128 - status if status < 0 else status
 
 
+def refused_for_hyperparameters(log: str | None) -> bool:
+    """Whether `trmrl train` refused a run directory trained with other hyperparameters (the
+    case the train_revision hint is for; a held lock or a bad path is not)."""
+    if log is None or not os.path.exists(log):
+        return False
+    with open(log, errors="replace") as handle:
+        return "trained with other hyperparameters" in handle.read()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.log is not None and args.attempt is not None and previous_failure(args.log,
@@ -372,7 +381,7 @@ def main(argv=None) -> int:
         return 130
     else:
         status = run(args, env, out, slots.held)
-        if status == 2 and args.attempt is not None:
+        if status == 2 and args.attempt is not None and refused_for_hyperparameters(args.log):
             out.say(HINT_EXIT_2)
     if args.log is not None and args.attempt is not None and 0 < status <= 2:
         shutil.copyfile(args.log, f"{args.log}.failed")
