@@ -67,7 +67,7 @@ def rst_to_html(text: str, config: dict) -> Markup:
     """A caption as HTML. Captions are Jinja templates (Snakemake renders them with its
     `snakemake` object; only `snakemake.config` is used), then reStructuredText."""
     text = jinja2.Template(text).render(snakemake=SimpleNamespace(config=config))
-    parts = publish_parts(text, writer_name="html5", settings_overrides={
+    parts = publish_parts(text, writer="html5", settings_overrides={
         "report_level": 5, "halt_level": 5, "doctitle_xform": False})
     return Markup(parts["fragment"])
 
@@ -193,7 +193,7 @@ def final_score_table(curves: pd.DataFrame, envs: list[str]) -> Markup:
         mine = finals[finals["env"] == env]
         header = metric_header(env, mine["metric"].iloc[0])
         steps = int(mine["env_steps"].max())
-        header += f'<span class="unit">at {steps:,} steps</span>'
+        header += f' <span class="unit">at {steps:,} steps</span>'
         digits, best = digits_for(mine["mean"]), best_agents(mine, "mean")
         for _, row in mine.iterrows():
             rows[row["agent"]][header] = estimate(row["mean"], row["ci_low"], row["ci_high"],
@@ -606,10 +606,10 @@ def write_provenance(snakemake, output: str) -> None:
 def main(snakemake):
     setup_logging(snakemake)
     write_provenance(snakemake, snakemake.output.provenance)
-    names = snakemake.params.figures
     inputs = ReportInputs(
         config=yaml.safe_load(Path(snakemake.input.config).read_text()),
-        figures={name: png for name, png in zip(names, snakemake.input.pngs)},
+        figures={Path(path).stem: path for path in snakemake.input.figures
+                 if path.endswith(".png")},  # in the workflow's figure order
         tables={Path(path).stem: path for path in snakemake.input.tables},
         captions=Path(snakemake.params.captions),
         envs=snakemake.params.analysis["envs"], runs=snakemake.params.runs,
