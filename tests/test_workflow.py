@@ -621,7 +621,14 @@ def test_quick_preset_builds_every_figure_table_and_the_report(quick):
                                          "no-tfixup-no-layernorm", "no-tfixup-layernorm",
                                          "layers-1", "layers-2"}
     report = (results / "report.html").read_text()
-    assert "fig6_aggregate.png" in report and "training_curves.csv" in report
+    structure = PageStructure(report)
+    assert [figure for _, figure in structure.images if figure] == FIGURE_NAMES
+    for header in ["Optimality gap ↓", "Episode 6", "Budget (env steps per run)"]:
+        assert header in structure.headers
+    assert "cheetah-vel: 3,200; ml1-reach: 3,200" in structure.cells
+    assert "://" not in report and structure.scripts == 0
+    provenance = (results / "provenance.html").read_text()  # Snakemake's own report
+    assert "fig6_aggregate.png" in provenance and "training_curves.csv" in provenance
     snapshot = yaml.safe_load((results / "config.yaml").read_text())
     assert snapshot["experiment"] == "ci" and snapshot["steps"] == 3200
     run = results / "runs" / "cheetah-vel" / "trmrl--layers-2" / "seed0"

@@ -428,7 +428,7 @@ figcaption { font-size: 13.5px; }
 figcaption p { margin: 0 0 6px; }
 .zoom:target { position: fixed; inset: 0; z-index: 10; overflow: auto; padding: 24px;
                background: rgba(255, 255, 255, 0.98); }
-.zoom:target img { max-width: none; width: min(100%, {{ zoom_width }}px); cursor: zoom-out; }
+.zoom:target img { width: auto; max-width: 100%; cursor: zoom-out; }  /* natural size */
 .zoom .close { display: none; }
 .zoom:target .close { display: block; position: fixed; top: 8px; right: 20px;
                       font-size: 26px; text-decoration: none; }
@@ -569,7 +569,6 @@ def build_page(inputs: ReportInputs) -> str:
     return PAGE.render(
         experiment=config["experiment"], summary=summary, missing=inputs.missing,
         provenance=inputs.provenance, config_file=inputs.config_file, cards=cards,
-        zoom_width=max([card["width"] for card in cards], default=1200),
         confidence=f"{level:.0%}",
         aggregate=aggregate_table(tables["aggregate_scores"]) if "aggregate_scores" in tables
         else "",
