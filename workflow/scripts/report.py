@@ -415,7 +415,7 @@ table.results thead th { text-align: right; vertical-align: bottom; font-weight:
 table.results thead th:first-child, table.results td:first-child { text-align: left; }
 table.results td { text-align: right; font-variant-numeric: tabular-nums; }
 table.results tbody tr:hover { background: var(--panel); }
-.ci { color: var(--muted); font-size: 0.88em; }
+.ci { display: block; color: var(--muted); font-size: 0.85em; }  /* under the mean: narrow columns */
 .unit { display: block; color: var(--muted); font-weight: 400; font-size: 0.88em; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
           margin-right: 6px; vertical-align: baseline; }
@@ -468,7 +468,7 @@ ul.files { columns: 2; margin: 6px 0; }
 <div class="glance">
 {% if aggregate %}
   <section class="card" id="aggregate">
-    <h3>Aggregate over envs: normalised score (0 = memoryless, 1 = oracle)</h3>
+    <h3>Aggregate normalised score over envs (0 = memoryless, 1 = oracle)</h3>
     <div class="scroll">{{ aggregate }}</div>
     <p class="note">Over every env × seed run's final evaluation ({{ aggregate_runs }} runs
     per agent); envs: {{ aggregate_envs }}.
