@@ -141,7 +141,6 @@ rule report:
         report=f"{RESULTS}/report.html",
         provenance=f"{RESULTS}/provenance.html",
     params:
-        captions=str(Path(workflow.basedir) / "workflow" / "report"),
         runs=[run.record() for run in used(MAIN_RUNS)],  # budgets, device, commit
         missing=missing(MAIN_RUNS),
         analysis=analysis_params(),

@@ -610,7 +610,7 @@ def main(snakemake):
         figures={Path(path).stem: path for path in snakemake.input.figures
                  if path.endswith(".png")},  # in the workflow's figure order
         tables={Path(path).stem: path for path in snakemake.input.tables},
-        captions=Path(snakemake.params.captions),
+        captions=Path(snakemake.input.captions[0]).parent,  # workflow/report/
         envs=snakemake.params.analysis["envs"], runs=snakemake.params.runs,
         missing=snakemake.params.missing,
         provenance=Path(snakemake.output.provenance).name)
