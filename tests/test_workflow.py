@@ -532,6 +532,11 @@ def test_report_shows_figures_tables_and_config(tmp_path, fixture_tables, partia
     missing = ["ml1-reach/oracle/seed3"] if partial else []
     config = report_config()
     main_runs = [run for run in fixture_tables.runs if not run["variant"]]
+    for run in main_runs:  # what `trmrl train` adds to a run's config.yaml
+        path = Path(run["path"]) / "config.yaml"
+        resolved = yaml.safe_load(path.read_text())
+        resolved.update(device="cpu", trmrl_version="0.1.0", git_commit="0123456789abcdef")
+        path.write_text(yaml.safe_dump(resolved))
     page = report.build_page(report.ReportInputs(
         config=config, figures=figures, tables=tables, captions=REPO / "workflow" / "report",
         envs=ENV_INFO, runs=main_runs, missing=missing))
@@ -573,6 +578,7 @@ def test_report_shows_figures_tables_and_config(tmp_path, fixture_tables, partia
         assert setting in structure.headers
     assert "cheetah-vel: 1,000; ml1-reach: 1,000" in structure.cells
     assert "0, 1, 2 (3 per agent and env)" in structure.cells
+    assert "trmrl 0.1.0, git commit 0123456789ab" in structure.cells
     assert "train: 1 CPU, 2,000 MB memory, 30 min; evaluate: 1 CPU, 2,000 MB memory, 10 min" \
         in structure.cells
     # no raw dicts, no unrendered templates or reStructuredText, in what the reader sees
