@@ -578,7 +578,10 @@ def test_report_shows_figures_tables_and_config(tmp_path, fixture_tables, partia
         assert setting in structure.headers
     assert "cheetah-vel: 1,000; ml1-reach: 1,000" in structure.cells
     assert "0, 1, 2 (3 per agent and env)" in structure.cells
-    assert "trmrl 0.1.0, git commit 0123456789ab" in structure.cells
+    assert "trmrl 0.1.0; git commit 0123456789ab" in structure.cells
+    # overrides of the quick preset, those for this experiment's agents only (no PEARL here)
+    assert "gru_size = 32, minibatch_size = 8" in structure.cells
+    assert "num_train_tasks" not in page
     assert "train: 1 CPU, 2,000 MB memory, 30 min; evaluate: 1 CPU, 2,000 MB memory, 10 min" \
         in structure.cells
     # no raw dicts, no unrendered templates or reStructuredText, in what the reader sees

@@ -9,8 +9,6 @@ provenance.html is Snakemake's own `--report` of the same experiment: the rule g
 job's runtime, code and parameters. This page does not repeat that; it links to it.
 """
 
-from __future__ import annotations
-
 import base64
 import html
 import io
@@ -162,11 +160,14 @@ def aggregate_table(aggregate: pd.DataFrame) -> Markup:
     frame = aggregate.set_index("agent").loc[agents].reset_index()
     best = {metric: best_agents(frame, metric, lower_is_better=metric == "optimality_gap")
             for metric, *_ in AGGREGATE_METRICS}
+    # 2 decimals for scores near [0, 1]; fewer where a near-zero oracle - memoryless gap
+    # (undertrained references) blows the normalised scores up
+    digits = digits_for(pd.concat([frame[metric] for metric, *_ in AGGREGATE_METRICS]))
     rows = []
     for _, row in frame.iterrows():
         cells = {"Agent": agent_cell(row["agent"])}
         for metric, title, low, high in AGGREGATE_METRICS:
-            cells[title] = estimate(row[metric], row[low], row[high], 2,
+            cells[title] = estimate(row[metric], row[low], row[high], digits,
                                     best=row["agent"] in best[metric])
         rows.append(cells)
     return html_table(rows)
@@ -294,13 +295,18 @@ def config_rows(config: dict, records: pd.DataFrame, envs_info: dict) -> list[tu
         device += f" (runs used: {listed(devices)})"
     rows.append(("Device", device))
     versions = sorted(set(records["version"].dropna()))
-    commits = sorted(set(records["commit"].dropna()))
+    # "<sha>" or "<sha>-dirty" (uncommitted changes); 12 hex digits name a commit
+    commits = sorted({re.sub(r"^([0-9a-f]{12})[0-9a-f]*", r"\1", str(c))
+                      for c in records["commit"].dropna()})
     if versions or commits:
-        code = f"trmrl {listed(versions)}" if versions else ""
+        code = [f"trmrl {listed(versions)}"] if versions else []
         if commits:
-            code += f", git commit{'s' * (len(commits) > 1)} " + ", ".join(
-                f"<code>{html.escape(str(c)[:12])}</code>" for c in commits)
-        rows.append(("Code", code.strip(", ")))
+            code.append(f"git commit{'s' * (len(commits) > 1)} " + ", ".join(
+                f"<code>{html.escape(c)}</code>" for c in commits))
+        if len(commits) > 1 or any(c.endswith("-dirty") for c in commits):
+            code.append("the runs were not all trained on one committed version: each run's "
+                        "config.yaml names its own")
+        rows.append(("Code", "; ".join(code)))
     ablations = config.get("ablations") or {}
     if ablations.get("studies"):
         studies = "; ".join(
@@ -312,7 +318,7 @@ def config_rows(config: dict, records: pd.DataFrame, envs_info: dict) -> list[tu
         rows.append(("Ablations", f"{agent_cell(ablations['agent'])} on "
                                   f"<code>{html.escape(ablations['env'])}</code>, seeds "
                                   f"{listed(seeds)}: {studies}"))
-    overrides = override_table(config.get("hyperparameters") or {})
+    overrides = override_table(config.get("hyperparameters") or {}, agents, config["envs"])
     if overrides:
         rows.append(("Hyperparameter overrides", overrides))
     statistics = config.get("statistics") or {}
@@ -346,12 +352,13 @@ def resource_text(settings: dict) -> str:
                      for key, value in settings.items())
 
 
-def override_table(hyperparameters: dict) -> str:
-    """hyperparameters.<agent|all>.<env|default> as rows "agent, env: key = value, ..."."""
+def override_table(hyperparameters: dict, agents: list[str], envs: list[str]) -> str:
+    """hyperparameters.<agent|all>.<env|default> as rows "agent, env: key = value, ...",
+    those that apply to the experiment's agents and envs."""
     rows = []
     for agent, per_env in hyperparameters.items():
         for env, values in (per_env or {}).items():
-            if not values:
+            if not values or agent not in ("all", *agents) or env not in ("default", *envs):
                 continue
             settings = ", ".join(f"<code>{html.escape(k)} = {html.escape(value_text(v))}</code>"
                                  for k, v in values.items())
@@ -440,6 +447,7 @@ table.config > tbody > tr { border-bottom: 1px solid var(--line); }
 table.overrides { border-collapse: collapse; }
 table.overrides th, table.overrides td { text-align: left; font-weight: 400;
                                          padding: 1px 14px 1px 0; vertical-align: top; }
+table.overrides th, table.overrides td:nth-child(2) { white-space: nowrap; }
 ul.files { columns: 2; margin: 6px 0; }
 </style>
 </head>
