@@ -311,7 +311,7 @@ def config_rows(config: dict, records: pd.DataFrame, envs_info: dict) -> list[tu
     if ablations.get("studies"):
         studies = "; ".join(
             f"{html.escape(study)} (" + " × ".join(
-                f"{html.escape(key)} ∈ {{{html.escape(', '.join(value_text(v) for v in values))}}}"
+                f"{html.escape(key)} ∈ {{{listed(value_text(v) for v in values)}}}"
                 for key, values in grid.items()) + ")"
             for study, grid in ablations["studies"].items())
         seeds = ablations.get("seeds") or config["seeds"]
@@ -329,9 +329,9 @@ def config_rows(config: dict, records: pd.DataFrame, envs_info: dict) -> list[tu
             f"bootstrap seed {statistics['seed']}")))
     figures = config.get("figures") or {}
     if figures:
+        choice = html.escape(figures["probability_of_improvement"])
         rows.append(("Figure 6", f"agent of interest {agent_cell(figures['agent_of_interest'])}"
-                                 f"; probability of improvement: "
-                                 f"<code>{html.escape(figures['probability_of_improvement'])}</code>"))
+                                 f"; probability of improvement: <code>{choice}</code>"))
     resources = config.get("resources") or {}
     if any(resources.values()):
         rows.append(("Resources per job", "; ".join(
@@ -422,7 +422,8 @@ table.results thead th { text-align: right; vertical-align: bottom; font-weight:
 table.results thead th:first-child, table.results td:first-child { text-align: left; }
 table.results td { text-align: right; font-variant-numeric: tabular-nums; }
 table.results tbody tr:hover { background: var(--panel); }
-.ci { display: block; color: var(--muted); font-size: 0.85em; }  /* under the mean: narrow columns */
+/* the CI under the mean: narrow columns, so that two tables fit side by side */
+.ci { display: block; color: var(--muted); font-size: 0.85em; }
 .unit { display: block; color: var(--muted); font-weight: 400; font-size: 0.88em; }
 .swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
           margin-right: 6px; vertical-align: baseline; }
@@ -454,7 +455,8 @@ ul.files { columns: 2; margin: 6px 0; }
 <body>
 <header>
   <nav>
-    <a href="#figures">Figures</a><a href="#tables">Tables</a><a href="#configuration">Configuration</a>
+    <a href="#figures">Figures</a><a href="#tables">Tables</a>
+    <a href="#configuration">Configuration</a>
     {% if provenance %}<a href="{{ provenance }}">Provenance (Snakemake report)</a>{% endif %}
   </nav>
   <h1>trmrl-bench <span class="experiment">· experiment {{ experiment }}</span></h1>
@@ -516,7 +518,8 @@ ul.files { columns: 2; margin: 6px 0; }
 <div class="stack">
 {% for table in adaptation %}
   <section class="card">
-    <h3>Fast adaptation, {{ table.env }}: {{ table.metric | lower }} in each episode of the trial</h3>
+    <h3>Fast adaptation, {{ table.env }}: {{ table.metric | lower }} in each episode of the
+      trial</h3>
     <div class="scroll">{{ table.table }}</div>
   </section>
 {% endfor %}
