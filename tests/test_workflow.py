@@ -594,6 +594,10 @@ def test_report_shows_figures_tables_and_config(tmp_path, fixture_tables, partia
                if not link.startswith("#") and not link.startswith(("tables/", "figures/"))]
     assert sorted(outside) == ["config.yaml", "provenance.html", "provenance.html"]
     assert ("Partial results:" in page) == partial
+    # bold marks the best agent, and nobody where all agents tie (e.g. all at 0% success)
+    scores = pd.DataFrame({"agent": ["trmrl", "rl2", "oracle"], "mean": [0.0, 0.0, 1.0]})
+    assert report.best_agents(scores, "mean") == set()
+    assert report.best_agents(scores.assign(mean=[0.5, 0.0, 1.0]), "mean") == {"trmrl"}
     if partial:
         assert "ml1-reach/oracle/seed3" in page
 

@@ -133,9 +133,11 @@ def estimate(mean: float, low: float, high: float, digits: int, best: bool = Fal
     return text
 
 
-def digits_for(values: pd.Series) -> int:
-    """Decimals that show differences without noise: none for returns in the hundreds,
-    two for scores in [0, 1]."""
+def digits_for(values: pd.Series, metric: str = "") -> int:
+    """Decimals that show differences without noise: none for success rates (percent) and
+    returns in the hundreds, two for scores in [0, 1]."""
+    if metric == "success_rate":
+        return 0
     span = float(np.nanmax(np.abs(values))) if len(values) and values.notna().any() else 1.0
     return 0 if span >= 100 else 1 if span >= 10 else 2
 
@@ -146,7 +148,8 @@ def best_agents(frame: pd.DataFrame, column: str, lower_is_better: bool = False)
     if len(candidates) < 2:
         return set()
     target = candidates[column].min() if lower_is_better else candidates[column].max()
-    return set(candidates.loc[np.isclose(candidates[column], target), "agent"])
+    best = set(candidates.loc[np.isclose(candidates[column], target), "agent"])
+    return best if len(best) < len(candidates) else set()  # all tied: nobody stands out
 
 
 def html_table(rows: list[dict]) -> Markup:
@@ -195,7 +198,8 @@ def final_score_table(curves: pd.DataFrame, envs: list[str]) -> Markup:
         header = metric_header(env, mine["metric"].iloc[0])
         steps = int(mine["env_steps"].max())
         header += f' <span class="unit">at {steps:,} steps</span>'
-        digits, best = digits_for(mine["mean"]), best_agents(mine, "mean")
+        digits = digits_for(mine["mean"], mine["metric"].iloc[0])
+        best = best_agents(mine, "mean")
         for _, row in mine.iterrows():
             rows[row["agent"]][header] = estimate(row["mean"], row["ci_low"], row["ci_high"],
                                                   digits, best=row["agent"] in best)
@@ -208,7 +212,7 @@ def episode_tables(summary: pd.DataFrame, envs: list[str]) -> list[dict]:
     tables = []
     for env in [e for e in envs if e in set(summary["env"])]:
         mine = summary[summary["env"] == env]
-        digits = digits_for(mine["mean"])
+        digits = digits_for(mine["mean"], mine["metric"].iloc[0])
         rows = {agent: {"Agent": agent_cell(agent)} for agent in plotting.ordered(mine["agent"])}
         for episode, group in mine.groupby("episode"):
             best = best_agents(group, "mean")
