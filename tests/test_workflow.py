@@ -8,6 +8,7 @@ temporary folder, so the tests never touch the checkout's results/ or .snakemake
 
 from __future__ import annotations
 
+import base64
 import csv
 import fcntl
 import os
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts"
@@ -230,7 +233,7 @@ FIGURE_SETTINGS = {"agent_of_interest": "trmrl", "probability_of_improvement": "
 def scripts_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     for name in list(sys.modules):  # fresh imports for every test
-        if name in {"analysis", "plotting"} or name.startswith(("aggregate_", "figure_")):
+        if name in {"analysis", "plotting", "report"} or name.startswith(("aggregate_", "figure_")):
             del sys.modules[name]
 
 
@@ -458,6 +461,149 @@ def test_figures_say_when_there_is_no_data(tmp_path, scripts_on_path):
 
 
 # ---------------------------------------------------------------------------------------
+# the report page
+# ---------------------------------------------------------------------------------------
+FIGURE_NAMES = ["fig1_training_curves", "fig2_adaptation", "fig3_ood", "fig4_ablations",
+                "fig5_latent_map", "fig6_aggregate"]
+
+
+class PageStructure(HTMLParser):
+    """What a page is made of: images (src, the id of the enclosing figure), links, table
+    headers, and the text of every table cell."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.images, self.links, self.headers, self.cells, self.text = [], [], [], [], []
+        self.scripts = 0
+        self.figure, self.cell = None, None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figure = attrs.get("id")
+        elif tag == "img":
+            self.images.append((attrs["src"], self.figure))
+        elif tag in ("a", "link"):
+            self.links.append(attrs.get("href", ""))
+        elif tag in ("th", "td"):
+            self.cell = [tag, ""]
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "br" and self.cell:
+            self.cell[1] += " "
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self.figure = None
+        elif tag in ("th", "td") and self.cell:
+            text = " ".join(self.cell[1].split())
+            (self.headers if self.cell[0] == "th" else self.cells).append(text)
+            self.cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.cell:
+            self.cell[1] += data
+
+
+def report_config() -> dict:
+    """The quick preset's config as the schema fills it, on the fixture's agents and envs."""
+    config = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    config.update(experiment="fixture", agents=list(AGENT_LEVEL), envs=list(ENV_INFO),
+                  seeds=[0, 1, 2], statistics=STATISTICS, figures=FIGURE_SETTINGS,
+                  allow_partial=False)
+    return config
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_report_shows_figures_tables_and_config(tmp_path, fixture_tables, partial):
+    import report
+
+    # stand-ins for the figures (their rendering is tested above): one size each, so that
+    # every figure's own bytes can be found in the page
+    figures = {}
+    for index, name in enumerate(FIGURE_NAMES):
+        figures[name] = str(tmp_path / f"{name}.png")
+        Image.new("RGB", (400 + 10 * index, 300), (40 * index, 90, 160)).save(figures[name])
+    t = fixture_tables.paths
+    tables = {"training_curves_by_seed": t["curves_by_seed"], "training_curves": t["curves"],
+              "adaptation": t["adaptation"], "ood": t["ood"], "aggregate_scores": t["aggregate"],
+              "probability_of_improvement": t["improvement"]}
+    missing = ["ml1-reach/oracle/seed3"] if partial else []
+    config = report_config()
+    main_runs = [run for run in fixture_tables.runs if not run["variant"]]
+    for run in main_runs:  # what `trmrl train` adds to a run's config.yaml
+        path = Path(run["path"]) / "config.yaml"
+        resolved = yaml.safe_load(path.read_text())
+        resolved.update(device="cpu", trmrl_version="0.1.0", git_commit="0123456789abcdef")
+        path.write_text(yaml.safe_dump(resolved))
+    page = report.build_page(report.ReportInputs(
+        config=config, figures=figures, tables=tables, captions=REPO / "workflow" / "report",
+        envs=ENV_INFO, runs=main_runs, missing=missing))
+    structure = PageStructure(page)
+
+    # the six figures, embedded byte for byte, each in its own <figure> with its caption
+    embedded = {figure: src for src, figure in structure.images if figure}
+    assert list(embedded) == FIGURE_NAMES
+    for name, src in embedded.items():
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == Path(figures[name]).read_bytes()
+    for lead in ["Meta-training curves.", "Fast adaptation.", "Out-of-distribution tasks.",
+                 "Ablations of TrMRL.", "Latent map of memories.", "Aggregate over envs"]:
+        assert f"<strong>{lead}</strong>" in page
+    # the strip at the top: a small copy of each figure, linking to it
+    thumbnails = [src for src, figure in structure.images if not figure]
+    assert len(thumbnails) == 6 and all(src.startswith("data:image/png") for src in thumbnails)
+    assert {f"#{name}" for name in FIGURE_NAMES} <= set(structure.links)
+
+    # key tables: aggregate scores with CIs, final scores per env, adaptation per episode
+    for header in ["Median", "IQM", "Mean", "Optimality gap ↓", "Episode 1", "Episode 6"]:
+        assert header in structure.headers
+    assert any(h.startswith("cheetah-vel return per episode at 1,000 steps")
+               for h in structure.headers)
+    aggregate = fixture_tables.tables["aggregate"].set_index("agent")
+    trmrl = aggregate.loc["trmrl"]
+    assert (f"{trmrl['iqm']:.2f} [{trmrl['iqm_ci_low']:.2f}, {trmrl['iqm_ci_high']:.2f}]"
+            in structure.cells)
+    curves = fixture_tables.tables["curves"]
+    final = curves[(curves["agent"] == "trmrl") & (curves["env"] == "ml1-reach")
+                   & (curves["env_steps"] == 1000)].iloc[0]
+    # success rates in percent, as the figures draw them
+    assert f"{100 * final['mean']:.0f} [{100 * final['ci_low']:.0f}, " \
+           f"{100 * final['ci_high']:.0f}]" in structure.cells
+
+    # the config as a readable table: the budget comes from the runs' resolved configs
+    for setting in ["Experiment", "Agents", "Envs", "Seeds", "Budget (env steps per run)",
+                    "Device", "Ablations", "Hyperparameter overrides", "Statistics"]:
+        assert setting in structure.headers
+    assert "cheetah-vel: 1,000; ml1-reach: 1,000" in structure.cells
+    assert "0, 1, 2 (3 per agent and env)" in structure.cells
+    assert "trmrl 0.1.0; git commit 0123456789ab" in structure.cells
+    # overrides of the quick preset, those for this experiment's agents only (no PEARL here)
+    assert "gru_size = 32, minibatch_size = 8" in structure.cells
+    assert "num_train_tasks" not in page
+    assert "train: 1 CPU, 2,000 MB memory, 30 min; evaluate: 1 CPU, 2,000 MB memory, 10 min" \
+        in structure.cells
+    # no raw dicts, no unrendered templates or reStructuredText, in what the reader sees
+    text = "".join(structure.text)
+    for dump in ["{'", "': ", '{"', "{{", "**", "``", "None"]:
+        assert dump not in text, dump
+    # offline: nothing outside the page and the results folder, no JavaScript
+    assert structure.scripts == 0 and "://" not in page and "url(" not in page
+    outside = [link for link in structure.links
+               if not link.startswith("#") and not link.startswith(("tables/", "figures/"))]
+    assert sorted(outside) == ["config.yaml", "provenance.html", "provenance.html"]
+    assert ("Partial results:" in page) == partial
+    # bold marks the best agent, and nobody where all agents tie (e.g. all at 0% success)
+    scores = pd.DataFrame({"agent": ["trmrl", "rl2", "oracle"], "mean": [0.0, 0.0, 1.0]})
+    assert report.best_agents(scores, "mean") == set()
+    assert report.best_agents(scores.assign(mean=[0.5, 0.0, 1.0]), "mean") == {"trmrl"}
+    if partial:
+        assert "ml1-reach/oracle/seed3" in page
+
+
+# ---------------------------------------------------------------------------------------
 # the quick preset end to end (CI scale), then rerun semantics on its results
 # ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -489,7 +635,14 @@ def test_quick_preset_builds_every_figure_table_and_the_report(quick):
                                          "no-tfixup-no-layernorm", "no-tfixup-layernorm",
                                          "layers-1", "layers-2"}
     report = (results / "report.html").read_text()
-    assert "fig6_aggregate.png" in report and "training_curves.csv" in report
+    structure = PageStructure(report)
+    assert [figure for _, figure in structure.images if figure] == FIGURE_NAMES
+    for header in ["Optimality gap ↓", "Episode 6", "Budget (env steps per run)"]:
+        assert header in structure.headers
+    assert "cheetah-vel: 3,200; ml1-reach: 3,200" in structure.cells
+    assert "://" not in report and structure.scripts == 0
+    provenance = (results / "provenance.html").read_text()  # Snakemake's own report
+    assert "fig6_aggregate.png" in provenance and "training_curves.csv" in provenance
     snapshot = yaml.safe_load((results / "config.yaml").read_text())
     assert snapshot["experiment"] == "ci" and snapshot["steps"] == 3200
     run = results / "runs" / "cheetah-vel" / "trmrl--layers-2" / "seed0"

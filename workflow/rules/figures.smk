@@ -112,8 +112,8 @@ rule figure_aggregate:
         "../scripts/figure_aggregate.py"
 
 
-# The HTML report is built by `snakemake --report`, a separate invocation: this rule runs it
-# on the config this experiment was built with, so `snakemake all` ends with report.html.
+# The config this experiment was built with: the report shows it, and the provenance report
+# (a second `snakemake --report` run) replays the workflow on it.
 rule config_snapshot:
     output:
         f"{RESULTS}/config.yaml",
@@ -126,21 +126,29 @@ rule config_snapshot:
         Path(output[0]).write_text(yaml.safe_dump(json.loads(params.config), sort_keys=False))
 
 
+# report.html: our page (figures with captions, key tables, the config as a table), built by
+# report.py; provenance.html: Snakemake's own report (rule graph, runtimes, code), linked from
+# it. Rebuilt when a figure, a table, a caption or a helper of report.py changes.
 rule report:
     input:
         config=f"{RESULTS}/config.yaml",
         figures=FIGURE_FILES,
         tables=TABLE_FILES,
-        captions=REPORT_CAPTIONS,  # an edited caption rebuilds the report
+        captions=REPORT_CAPTIONS,
+        helpers=[script_input(name) for name in ("plotting.py", "analysis.py",
+                                                 "aggregate_scores.py")],
     output:
-        f"{RESULTS}/report.html",
+        report=f"{RESULTS}/report.html",
+        provenance=f"{RESULTS}/provenance.html",
     params:
+        runs=[run.record() for run in used(MAIN_RUNS)],  # budgets, device, commit
+        missing=missing(MAIN_RUNS),
+        analysis=analysis_params(),
         snakefile=workflow.main_snakefile,
         workdir=lambda wildcards: os.getcwd(),
     log:
         f"{LOGS}/report.log",
     conda:
         "../../environment.yml"
-    shell:
-        "snakemake --snakefile {params.snakefile:q} --directory {params.workdir:q} "
-        "--configfile {input.config:q} --report {output:q} --nolock figures tables > {log} 2>&1"
+    script:
+        "../scripts/report.py"
