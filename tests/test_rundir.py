@@ -2,7 +2,6 @@
 on a run's own files, budgets, restartable first writes, safe checkpoint loading, and one-line
 errors for bad input. Tiny cheetah-vel runs on CPU, as in test_train.py."""
 
-import csv
 import errno
 import io
 import json

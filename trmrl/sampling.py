@@ -390,7 +390,7 @@ class _StepRecord:
         array[:t, :n] = 0
 
     def trial_batch(self, tasks, features, steps, K, has_success, extra_keys) -> TrialBatch:
-        n, T = len(tasks), self.valid.shape[0]
+        n = len(tasks)
         self.valid[steps:, :n] = False  # rows of an earlier, longer round
 
         def trials(array):  # [T, slots, ...] -> a fresh [n, T, ...]
