@@ -101,9 +101,13 @@ class RL2Model(nn.Module):
     """
 
     def __init__(self, in_dim: int, act_dim: int, config: RL2Config,
-                 normalizer: RunningNormalizer | None = None):
+                 normalizer: RunningNormalizer | None = None, side_by_side: bool = False):
         super().__init__()
         self.gru_size = config.gru_size
+        # learning with two GRUs: unroll them as one GRU with block-diagonal weights (the same
+        # function, faster on a CPU) instead of one call each (cuDNN runs each fast, and the
+        # combined weights would cost a copy per call); chosen once, by the agent's device
+        self.side_by_side = side_by_side
         # scales the leading inputs (the observation); a_{t-1}, r_{t-1}, d_t pass unchanged
         self.normalizer = normalizer
         self.policy_gru = make_gru(in_dim, config.gru_size)
@@ -129,9 +133,9 @@ class RL2Model(nn.Module):
         with float32_cudnn(x.device):  # learning: whole trials, [B, T, in]
             if self.value_gru is None:
                 h_policy = h_value = self.policy_gru(x)[0]
-            elif x.device.type == "cpu":
+            elif self.side_by_side:
                 h_policy, h_value = unroll_side_by_side(self.policy_gru, self.value_gru, x)
-            else:  # cuDNN runs each GRU fast; the combined weights would cost a copy per call
+            else:
                 h_policy, h_value = self.policy_gru(x)[0], self.value_gru(x)[0]
         return ModelOutput(self.policy(h_policy), self.value(h_value).squeeze(-1))
 
@@ -154,7 +158,8 @@ class RL2Agent(RecurrentPPOAgent):
 
     def build_model(self):
         obs_dim, act_dim = self.suite.observation_dim, self.suite.action_dim
-        return RL2Model(obs_dim + act_dim + 2, act_dim, self.config, self.obs_normalizer)
+        return RL2Model(obs_dim + act_dim + 2, act_dim, self.config, self.obs_normalizer,
+                        side_by_side=self.device.type == "cpu")
 
     # acting: RecurrentPPOAgent carries the GRU state of every trial
     # -- the same inputs for whole trials ------------------------------------------------------
