@@ -22,7 +22,7 @@ import yaml
 
 from test_train import one_line_error, rows, train_args
 from trmrl.cli import main
-from trmrl.rundir import load_checkpoint_file
+from trmrl.rundir import LEFTOVERS, load_checkpoint_file
 
 
 def evaluate_args(run, out, *extra):
@@ -31,7 +31,10 @@ def evaluate_args(run, out, *extra):
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    """The run's files, without the lock and our own temp files: a SIGKILL during a checkpoint
+    write leaves checkpoint.pt.tmp, which any later train may clear (it is never read)."""
+    return {p.name: p.read_bytes() for p in run.iterdir()
+            if p.is_file() and p.name not in LEFTOVERS}
 
 
 def start_train(args, run_dir: Path, lines: int = 3) -> subprocess.Popen:
