@@ -115,7 +115,9 @@ def test_quick_preset_runs_through_sbatch(cluster, tmp_path):
     for name in ["fig1_training_curves", "fig2_adaptation", "fig3_ood", "fig4_ablations",
                  "fig5_latent_map", "fig6_aggregate"]:
         assert (results / "figures" / f"{name}.png").stat().st_size > 5000, name
-    assert "fig6_aggregate.png" in (results / "report.html").read_text()
+    report = (results / "report.html").read_text()  # our page: figures embedded as PNG data
+    assert report.count("data:image/png;base64,") >= 6 and 'href="provenance.html"' in report
+    assert "fig6_aggregate.png" in (results / "provenance.html").read_text()  # Snakemake's
     print(f"quick preset through SLURM: {len(job_ids)} sbatch jobs, "
           f"{time.monotonic() - started:.0f} s")
 
