@@ -280,9 +280,12 @@ class PPOAgent(Agent):
     def evaluate(self, minibatch: dict[str, torch.Tensor]):
         """(log-prob, entropy, value) of a minibatch of samples under the current model."""
         out = self.model(model_inputs(minibatch))
-        log_std = self.action_log_std().expand_as(out.mean)
-        return (gaussian_log_prob(out.mean, log_std, minibatch["action"]), gaussian_entropy(log_std),
-                out.value)
+        return (*self.action_terms(out.mean, minibatch["action"]), out.value)
+
+    def action_terms(self, mean: torch.Tensor, action: torch.Tensor):
+        """(log-prob, entropy) of ``action`` under the Gaussian policy with this ``mean``."""
+        log_std = self.action_log_std().expand_as(mean)
+        return gaussian_log_prob(mean, log_std, action), gaussian_entropy(log_std)
 
     def evaluate_policy(self, minibatch: dict[str, torch.Tensor]):
         """(log-prob, entropy) for the policy phase; agents whose model can skip the value

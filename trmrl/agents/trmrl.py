@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from trmrl.agents.ppo_agent import ModelOutput, PPOAgent, model_inputs, to_device
 from trmrl.errors import ConfigError
 from trmrl.nn import RunningNormalizer, mlp, scale_leading
-from trmrl.ppo import PPOConfig, gaussian_entropy, gaussian_log_prob
+from trmrl.ppo import PPOConfig
 from trmrl.sampling import StepInput, TrialBatch, augment
 
 
@@ -272,8 +272,7 @@ class TrMRLAgent(PPOAgent):
 
     def evaluate_policy(self, minibatch):
         mean = self.model(model_inputs(minibatch), value=False).mean
-        log_std = self.action_log_std().expand_as(mean)
-        return gaussian_log_prob(mean, log_std, minibatch["action"]), gaussian_entropy(log_std)
+        return self.action_terms(mean, minibatch["action"])
 
     def evaluate_value(self, minibatch):
         return self.model.values(model_inputs(minibatch))
