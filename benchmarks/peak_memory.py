@@ -43,7 +43,7 @@ def main() -> None:
     before_gib = max_rss_gib(resource.RUSAGE_SELF)  # interpreter, torch, mujoco, the suite
     agent = build_agent(spec)
     sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
-                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers)
+                           episodes_per_trial=hp.episodes_per_trial, num_workers=spec.settings.num_workers)
     eval_sampler = TrialSampler(agent.suite, hp.eval_tasks, horizon=hp.horizon,
                                 episodes_per_trial=hp.episodes_per_trial)
     rng = np.random.default_rng(0)
@@ -59,13 +59,13 @@ def main() -> None:
 
     main_gib = max_rss_gib(resource.RUSAGE_SELF)
     workers_gib = max_rss_gib(resource.RUSAGE_CHILDREN)  # the largest worker, not their sum
-    print(f"{args.agent} on {args.env}, device {spec.device}, workers={hp.num_workers}, "
+    print(f"{args.agent} on {args.env}, device {spec.device}, workers={spec.settings.num_workers}, "
           f"{hp.trials_per_update} trials/update, {args.iterations} iterations ({steps:,} env steps)")
     print(f"  peak RSS, main process: {main_gib:.2f} GiB ({before_gib:.2f} GiB before the agent "
           f"was built); target <= {TARGET_GIB} GiB: {'met' if main_gib <= TARGET_GIB else 'MISSED'}")
-    if hp.num_workers:
-        total = main_gib + hp.num_workers * workers_gib
-        print(f"  largest worker: {workers_gib:.2f} GiB; main + {hp.num_workers} workers "
+    if spec.settings.num_workers:
+        total = main_gib + spec.settings.num_workers * workers_gib
+        print(f"  largest worker: {workers_gib:.2f} GiB; main + {spec.settings.num_workers} workers "
               f"<= {total:.2f} GiB (upper bound: shared pages are counted in each)")
     if spec.device.startswith("cuda"):
         print(f"  GPU: peak allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, "

@@ -57,12 +57,12 @@ def main() -> None:
 
     torch.set_num_threads(available_cpus())
     spec = resolve(args.agent, args.env, 0, device=args.device, overrides=cfg.parse_overrides(args.set))
-    hp = spec.hyperparameters
+    hp, settings = spec.hyperparameters, spec.settings
     agent = build_agent(spec)
     sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
-                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers,
-                           pipeline=hp.pipeline_sampling)
-    torch.set_num_threads(trainer_threads(spec.device, hp.num_workers))  # as training does
+                           episodes_per_trial=hp.episodes_per_trial, num_workers=settings.num_workers,
+                           pipeline=settings.pipeline_sampling)
+    torch.set_num_threads(trainer_threads(spec.device, settings.num_workers))  # as training does
     rng = np.random.default_rng(0)
     sample_s = update_s = steps = lockstep_steps = minibatch_steps = 0.0
     for iteration in range(args.iterations + 1):
@@ -95,8 +95,8 @@ def main() -> None:
     rate = steps / total
     timings = sampler.timings
     device = torch.cuda.get_device_name() if spec.device.startswith("cuda") else f"{available_cpus()} CPU threads"
-    print(f"{args.agent} on {args.env}, {device}, graphs={getattr(hp, 'cuda_graphs', None)}, "
-          f"compile={getattr(hp, 'torch_compile', None)}, workers={hp.num_workers}, "
+    print(f"{args.agent} on {args.env}, {device}, graphs={getattr(settings, 'cuda_graphs', None)}, "
+          f"compile={getattr(settings, 'torch_compile', None)}, workers={settings.num_workers}, "
           f"pipeline={sampler.pipeline}, {hp.trials_per_update} trials/update")
     print(f"  {rate:,.0f} env steps/s end to end ({steps:,.0f} steps in {total:.2f} s)")
     print(f"  sampling {steps / sample_s:,.0f} steps/s ({100 * sample_s / total:.0f}% of the time), "
@@ -108,7 +108,7 @@ def main() -> None:
     if minibatch_steps:
         print(f"  update: {minibatch_steps / args.iterations:.0f} minibatch steps per iteration, "
               f"{1e3 * update_s / minibatch_steps:.2f} ms each (GAE and input building included)")
-    print(f"  paper budget {hp.steps:,} steps -> {format_duration(hp.steps / rate)} at this rate"
+    print(f"  paper budget {settings.steps:,} steps -> {format_duration(settings.steps / rate)} at this rate"
           + (" (an upper bound: in whole runs target_kl shortens most updates; a run's own rate"
              " is env_steps / wall_s of its metrics.csv)" if getattr(hp, "target_kl", 0) else ""))
     if args.record is not None:

@@ -248,12 +248,12 @@ def run_ours(name: str, args) -> dict:
     hp = spec.hyperparameters
     agent = build_agent(spec)
     sampler = TrialSampler(agent.suite, hp.trials_per_update, horizon=hp.horizon,
-                           episodes_per_trial=hp.episodes_per_trial, num_workers=hp.num_workers)
+                           episodes_per_trial=hp.episodes_per_trial, num_workers=spec.settings.num_workers)
     rng = np.random.default_rng(0)
     print(f"\n{name}: default config (defaults v{spec.defaults_version}), {hp.trials_per_update} trials/update, epochs {hp.epochs}, "
           f"minibatch_size {hp.minibatch_size} ({'trials' if agent.trial_minibatches else 'steps'}), "
           f"gamma {hp.gamma}, lambda {hp.gae_lambda}, clip {hp.clip}, target_kl {hp.target_kl}, "
-          f"sampler workers {hp.num_workers}")
+          f"sampler workers {spec.settings.num_workers}")
     load_before = loadavg()
     steps = sample_s = update_s = 0.0
     iteration = 0

@@ -16,7 +16,7 @@ import torch
 from toy_suite import ToyEnv, ToySuite
 from trmrl import config as cfg
 from trmrl.agents import AGENT_NAMES, Agent, agent_class
-from trmrl.agents.base import RunConfig
+from trmrl.settings import AgentConfig, TrainerSettings
 from trmrl.agents.ppo_agent import PPOAgent
 from trmrl.cli import main
 from trmrl.envs import ENV_NAMES
@@ -59,11 +59,12 @@ agents = pytest.mark.parametrize("name", AGENT_NAMES)
 @agents
 def test_registration_and_versioned_defaults(name):
     cls = agent_class(name)
-    assert cls.name == name and issubclass(cls, Agent) and issubclass(cls.config_class, RunConfig)
+    assert cls.name == name and issubclass(cls, Agent) and issubclass(cls.config_class, AgentConfig)
+    assert issubclass(cls.settings_class, TrainerSettings)
     data = cfg.load_defaults(name)
     assert isinstance(data["version"], int) and data["version"] >= 1
     for env in ENV_NAMES:  # every env's defaults build (known keys, right types, valid)
-        cfg.build(cls.config_class, cfg.env_defaults(name, env)[0])
+        cfg.build_run(cls, cfg.env_defaults(name, env)[0])
     assert set(data.get("envs") or {}) <= set(ENV_NAMES)
 
 
@@ -144,7 +145,7 @@ def test_evaluation_on_test_tasks(name):
 def test_train_and_evaluate_from_the_command_line(name, tmp_path):
     """`trmrl train` then `trmrl evaluate --latents` on a real env at a tiny budget."""
     run = tmp_path / "run"
-    keys = {f.name for f in dataclasses.fields(agent_class(name).config_class)}
+    keys = cfg.run_keys(agent_class(name))
     tiny = {**SMALL, "trials_per_update": 2, "horizon": 20, "eval_every": 80, "eval_tasks": 2,
             "checkpoint_every_s": 0}
     args = ["train", "--agent", name, "--env", "cheetah-vel", "--seed", "0", "--out", str(run),

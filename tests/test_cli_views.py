@@ -57,7 +57,8 @@ def test_agents_for_one_env_are_grouped_with_none_spelled_out(capsys, monkeypatc
     assert code == 0
     trmrl = out.split("\n\n")[0]
     headers = [line.strip() for line in trmrl.splitlines() if line.endswith(":")]
-    assert headers[:3] == ["architecture:", "PPO and update:", "run settings:"]
+    assert headers[:4] == ["architecture:", "PPO and update:", "trials and evaluation:",
+                           "trainer settings (a resume may change them):"]
     assert "horizon            200 (the suite's)" in trmrl
     assert "None" not in trmrl
     assert "stabilised: " in trmrl  # the presets of its YAML

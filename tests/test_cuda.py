@@ -2,6 +2,7 @@
 gradient step equal the eager ones; checkpoints move between CPU and GPU."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.accel import GraphedActing, GraphedLoop, GraphedPPOUpdate
 from trmrl.agents.ppo_agent import EagerActing
-from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig
+from trmrl.agents.trmrl import TrMRLAgent
 from trmrl.sampling import TrialSampler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -20,9 +21,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def agent_pair(**overrides):
     values = dict(layers=2, heads=2, d_model=16, d_ff=32, wm_size=4, trials_per_update=6,
                   minibatch_size=16, epochs=3, lr_policy=1e-3, lr_value=1e-3, **overrides)
-    graphed = TrMRLAgent(cfg.build(TrMRLConfig, values), ToySuite(fall_at=4), torch.device("cuda"), 0)
-    eager = TrMRLAgent(cfg.build(TrMRLConfig, {**values, "cuda_graphs": False}), ToySuite(fall_at=4),
-                       torch.device("cuda"), 0)
+    # one flat mapping as --set takes it: torch_compile goes to the trainer settings
+    settings, config = cfg.build_run(TrMRLAgent, values)
+    graphed = TrMRLAgent(config, ToySuite(fall_at=4), torch.device("cuda"), 0, settings=settings)
+    eager = TrMRLAgent(config, ToySuite(fall_at=4), torch.device("cuda"), 0,
+                       settings=dataclasses.replace(settings, cuda_graphs=False))
     eager.model.load_state_dict(graphed.model.state_dict())
     return graphed, eager
 
@@ -142,9 +145,9 @@ PEARL_SMALL = dict(trials_per_update=3, hidden=(32, 32), encoder_hidden=(16,), l
 
 
 def pearl_agent(device, **overrides):
-    from baselines.pearl import PEARLAgent, PEARLConfig
-    config = cfg.build(PEARLConfig, {**PEARL_SMALL, **overrides})
-    return PEARLAgent(config, ToySuite(fall_at=4), torch.device(device), 0)
+    from baselines.pearl import PEARLAgent
+    settings, config = cfg.build_run(PEARLAgent, {**PEARL_SMALL, **overrides})
+    return PEARLAgent(config, ToySuite(fall_at=4), torch.device(device), 0, settings=settings)
 
 
 def test_pearl_graphed_gradient_steps_match_eager():

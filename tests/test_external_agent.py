@@ -67,6 +67,9 @@ def test_trmrl_agents_lists_the_installed_agent_with_its_own_defaults(example_en
     assert mine["defaults"]["cheetah-vel"]["lr_policy"] == 3e-4
     assert mine["presets"] == {"wide": {"hidden": [256, 256]}}
     assert {"hidden", "normalize_observations"} <= set(mine["keys"])  # its own, the PPO base's
+    # and the trainer settings of the PPO base, in the same flat namespace
+    assert {"steps", "num_workers", "cuda_graphs", "torch_compile"} <= set(mine["keys"])
+    assert mine["defaults"]["cheetah-vel"]["cuda_graphs"] is True
 
 
 def test_the_installed_agent_trains_and_evaluates(example_env, tmp_path):
@@ -82,6 +85,7 @@ def test_the_installed_agent_trains_and_evaluates(example_env, tmp_path):
     hyperparameters = config["hyperparameters"]
     assert hyperparameters["init_std"] == 0.2 and hyperparameters["hidden"] == [256, 256]
     assert hyperparameters["preset"] == "wide"
+    assert hyperparameters["steps"] == 160 and hyperparameters["checkpoint_every_s"] == 0  # trainer
     result = trmrl(example_env, "evaluate", "--run", str(run), "--protocol", "adaptation",
                    "--out", str(tmp_path / "eval.csv"), "--tasks", "2", "--episodes", "2",
                    "--device", "cpu")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.pearl import PEARLAgent, PEARLConfig
+from baselines.pearl import PEARLAgent, PEARLConfig, PEARLSettings
 from baselines.pearl.buffers import ContextStore, ReplayStore
 from baselines.pearl.networks import MLP, kl_to_standard_normal, product_of_gaussians, tanh_gaussian_log_prob
 from test_agent_contract import step_input
@@ -20,6 +20,7 @@ from trmrl.accel import BiasMvLinear
 from trmrl.cli import main
 from trmrl.envs import ENV_NAMES
 from trmrl.sampling import TrialSampler
+from trmrl.train import resolve
 
 TINY = dict(trials_per_update=3, hidden=(8,), encoder_hidden=(8,), latent_dim=2, num_train_tasks=4,
             num_initial_steps=10, num_steps_prior=5, num_extra_rl_steps_posterior=10,
@@ -299,10 +300,10 @@ def test_train_iteration_ignores_the_trainers_tasks():
 def test_task_pool_merges_repeated_tasks_and_takes_the_published_sizes():
     from trmrl.envs import make_suite
     suite = make_suite("cheetah-dir")
-    config = cfg.build(PEARLConfig, cfg.env_defaults("pearl", "cheetah-dir")[0])
+    config = resolve("pearl", "cheetah-dir", 0, device="cpu").hyperparameters
     agent = PEARLAgent(config, suite, torch.device("cpu"), 0)
     assert sorted(task.value for task in agent.train_tasks) == [-1.0, 1.0]  # forward, backward
-    vel = cfg.build(PEARLConfig, cfg.env_defaults("pearl", "cheetah-vel")[0])
+    vel = resolve("pearl", "cheetah-vel", 0, device="cpu").hyperparameters
     agent = PEARLAgent(vel, make_suite("cheetah-vel"), torch.device("cpu"), 0)
     assert len(agent.train_tasks) == 100
 
@@ -356,14 +357,16 @@ def test_replay_ring_drops_the_oldest_and_round_trips():
 
 # -- config -------------------------------------------------------------------------------------
 def test_config_defaults_and_errors():
-    values = {env: cfg.build(PEARLConfig, cfg.env_defaults("pearl", env)[0]) for env in ENV_NAMES}
+    values = {env: resolve("pearl", env, 0, device="cpu").hyperparameters for env in ENV_NAMES}
     vel = values["cheetah-vel"]
     assert vel == PEARLConfig()  # the dataclass defaults are cheetah-vel's
+    vel_settings = resolve("pearl", "cheetah-vel", 0, device="cpu").settings
+    assert vel_settings == PEARLSettings()
     assert (vel.hidden, vel.encoder_hidden, vel.latent_dim, vel.reward_scale, vel.gamma, vel.tau,
             vel.kl_weight, vel.meta_batch, vel.batch_size, vel.context_batch_size,
             vel.num_train_tasks, vel.trials_per_update, vel.num_steps_prior,
             vel.num_extra_rl_steps_posterior, vel.num_initial_steps, vel.num_train_steps_per_itr,
-            vel.steps) == ((300, 300, 300), (200, 200, 200), 5, 5.0, 0.99, 0.005, 0.1, 16, 256,
+            vel_settings.steps) == ((300, 300, 300), (200, 200, 200), 5, 5.0, 0.99, 0.005, 0.1, 16, 256,
                            100, 100, 5, 400, 600, 2000, 2000, 1_000_000)
     assert {vel.lr_policy, vel.lr_q, vel.lr_v, vel.lr_encoder} == {3e-4}
     for env in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45"):

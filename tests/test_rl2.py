@@ -17,6 +17,8 @@ from trmrl.cli import main
 from trmrl.nn import make_gru
 from trmrl.ppo import gaussian_log_prob
 from trmrl.sampling import TrialSampler
+from trmrl.settings import AcceleratedSettings
+from trmrl.train import resolve
 
 TINY = dict(gru_size=8, trials_per_update=4, minibatch_size=2, epochs=2)
 
@@ -190,10 +192,10 @@ def test_config_rejects_bad_values():
         cfg.build(RL2Config, {"gru_size": 0})
     with pytest.raises(cfg.ConfigError, match="unknown .* key 'gru'"):
         cfg.build(RL2Config, {"gru": 8})
-    defaults = cfg.build(RL2Config, cfg.env_defaults("rl2", "cheetah-vel")[0])
+    defaults = resolve("rl2", "cheetah-vel", 0, device="cpu").hyperparameters
     assert (defaults.gru_size, defaults.gamma, defaults.gae_lambda, defaults.clip,
             defaults.epochs) == (64, 0.99, 0.95, 0.2, 10)
-    assert cfg.build(RL2Config, cfg.env_defaults("rl2", "ml1-push")[0]).gru_size == 256
+    assert resolve("rl2", "ml1-push", 0, device="cpu").hyperparameters.gru_size == 256
 
 
 # -- learning ---------------------------------------------------------------------------------
@@ -244,8 +246,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def cuda_pair(**overrides):
     """(graphed, eager) agents on the GPU with the same weights (same seed) as tiny_rl2's."""
     suite = ToySuite(fall_at=4)
-    return tuple(RL2Agent(cfg.build(RL2Config, {**TINY, **overrides, "cuda_graphs": graphs}),
-                          suite, torch.device("cuda"), 0) for graphs in (True, False))
+    return tuple(RL2Agent(cfg.build(RL2Config, {**TINY, **overrides}), suite, torch.device("cuda"), 0,
+                          settings=AcceleratedSettings(cuda_graphs=graphs)) for graphs in (True, False))
 
 
 @cuda

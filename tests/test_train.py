@@ -1,7 +1,6 @@
 """`trmrl train` / `trmrl evaluate` end to end on tiny budgets (CPU)."""
 
 import csv
-import dataclasses
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from trmrl import config as cfg
 from trmrl.agents import agent_class
 from trmrl.cli import main
 from trmrl.train import PROGRESS_COLUMNS
@@ -24,7 +24,7 @@ TINY = ["layers=1", "heads=2", "d_model=16", "d_ff=32", "trials_per_update=2", "
 
 def train_args(out, steps=480, seed=0, agent="trmrl", extra=()):
     """TINY's keys that ``agent`` has (TrMRL's model sizes only for trmrl), then ``extra``."""
-    keys = {f.name for f in dataclasses.fields(agent_class(agent).config_class)}
+    keys = cfg.run_keys(agent_class(agent))
     args = ["train", "--agent", agent, "--env", "cheetah-vel", "--seed", str(seed),
             "--out", str(out), "--steps", str(steps), "--device", "cpu"]
     tiny = [item for item in (TINY if agent == "trmrl" else TINY[4:]) if item.split("=")[0] in keys]

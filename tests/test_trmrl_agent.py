@@ -256,7 +256,7 @@ def test_non_finite_loss_raises():
 
 def test_torch_compile_is_for_the_gpu_graphs_only():
     agent = tiny_trmrl(ToySuite())
-    assert agent.config.torch_compile and not agent.compiled  # on a CPU: eager
+    assert agent.settings.torch_compile and not agent.compiled  # on a CPU: eager
     assert agent.model._compiled_call_impl is None
 
 
@@ -286,9 +286,10 @@ def test_config_rejects_bad_values():
 
 def test_set_accepts_numbers_without_a_dot():
     """YAML 1.1 reads 3e-5 and 2e7 as strings; --set must still take them as numbers."""
-    config = cfg.build(TrMRLConfig, cfg.parse_overrides(["lr_policy=3e-5", "steps=2e7", "clip=1"]))
-    assert (config.lr_policy, config.steps, config.clip) == (3e-5, 20_000_000, 1.0)
-    assert isinstance(config.steps, int) and isinstance(config.clip, float)
+    settings, config = cfg.build_run(TrMRLAgent, cfg.parse_overrides(["lr_policy=3e-5", "steps=2e7",
+                                                                      "clip=1"]))
+    assert (config.lr_policy, settings.steps, config.clip) == (3e-5, 20_000_000, 1.0)
+    assert isinstance(settings.steps, int) and isinstance(config.clip, float)
 
 
 # -- learning ---------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def ours(flag, value):
 
 @pytest.mark.parametrize("env", sorted(RELEASED))
 def test_v4_defaults_are_the_launch_commands(env):
-    hp = cfg.to_dict(resolve("trmrl", env, 0).hyperparameters)
+    spec = resolve("trmrl", env, 0)
+    hp = cfg.flatten(spec.settings, spec.hyperparameters)  # the flat keys, as --set names them
     flags = RELEASED[env]
     for flag, value in flags.items():
         pair = ours(flag, value)
@@ -99,9 +100,11 @@ def test_v4_defaults_are_the_launch_commands(env):
 
 
 def test_stabilised_preset_changes_only_its_keys():
-    released = cfg.to_dict(resolve("trmrl", "cheetah-vel", 0).hyperparameters)
-    stabilised = cfg.to_dict(resolve("trmrl", "cheetah-vel", 0,
-                                     overrides={"preset": "stabilised"}).hyperparameters)
+    def flat(spec):
+        return cfg.flatten(spec.settings, spec.hyperparameters)
+
+    released = flat(resolve("trmrl", "cheetah-vel", 0))
+    stabilised = flat(resolve("trmrl", "cheetah-vel", 0, overrides={"preset": "stabilised"}))
     changed = {k for k in released if released[k] != stabilised[k]}
     assert changed == {"preset", "max_grad_norm", "target_kl", "update_order", "value_loss",
                        "value_target", "separate_value_encoder", "weight_decay"}
@@ -154,8 +157,8 @@ def released_agent(suite=None, **overrides):
     values.update(layers=2, heads=2, d_model=16, d_ff=32, wm_size=4, trials_per_update=4,
                   minibatch_size=16, epochs=2, steps=10_000)
     values.update(overrides)
-    return TrMRLAgent(cfg.build(TrMRLConfig, values), suite or ToySuite(fall_at=4),
-                      torch.device("cpu"), 0)
+    settings, config = cfg.build_run(TrMRLAgent, values)
+    return TrMRLAgent(config, suite or ToySuite(fall_at=4), torch.device("cpu"), 0, settings=settings)
 
 
 def test_unshared_value_reads_the_current_working_memory_only():

@@ -16,6 +16,7 @@ from toy_suite import ToySuite
 from trmrl import config as cfg
 from trmrl.cli import main
 from trmrl.sampling import TrialSampler
+from trmrl.train import resolve
 
 TINY = dict(encoder_gru=8, latent_dim=2, policy_hidden=(8,), decoder_hidden=(8,), state_embed=4,
             action_embed=4, reward_embed=4, trials_per_update=4, minibatch_size=8, epochs=2,
@@ -164,9 +165,9 @@ def test_trial_buffer_keeps_the_most_recent_trials_and_round_trips():
 
 
 def test_config_defaults_and_errors():
-    vel = cfg.build(VariBADConfig, cfg.env_defaults("varibad", "cheetah-vel")[0])
-    dir_ = cfg.build(VariBADConfig, cfg.env_defaults("varibad", "cheetah-dir")[0])
-    goal = cfg.build(VariBADConfig, cfg.env_defaults("varibad", "ant-goal")[0])
+    vel = resolve("varibad", "cheetah-vel", 0, device="cpu").hyperparameters
+    dir_ = resolve("varibad", "cheetah-dir", 0, device="cpu").hyperparameters
+    goal = resolve("varibad", "ant-goal", 0, device="cpu").hyperparameters
     steps = vel.trials_per_update * 400  # 200 steps x 2 episodes per trial
     assert (vel.epochs, steps // vel.minibatch_size) == (2, 8)  # published epochs / minibatches
     assert (dir_.epochs, steps // dir_.minibatch_size) == (16, 4)

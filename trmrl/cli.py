@@ -198,8 +198,6 @@ def cmd_rollout(args) -> None:
 
 
 def cmd_agents(args) -> None:
-    import dataclasses
-
     from trmrl import config as cfg
     from trmrl.agents import AGENT_NAMES, PLANNED, agent_class
 
@@ -207,12 +205,12 @@ def cmd_agents(args) -> None:
     for name in AGENT_NAMES:
         cls = agent_class(name)
         data = cfg.load_defaults(name)
-        fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
-        per_env = {env: cfg.to_dict(cfg.build(cls.config_class, cfg.env_defaults(name, env)[0]))
+        # one flat namespace, as --set takes it: trainer settings and hyperparameters
+        per_env = {env: cfg.flatten(*cfg.build_run(cls, cfg.env_defaults(name, env)[0]))
                    for env in ENV_NAMES}
         agents.append({"name": name, "defaults_version": data["version"],
                        "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
-                       "keys": sorted(fields), "defaults": per_env,
+                       "keys": sorted(cfg.run_keys(cls)), "defaults": per_env,
                        "presets": data.get("presets") or {}})
     if args.json:
         print(json.dumps({"agents": agents, "not_implemented": list(PLANNED)}, indent=2))
@@ -223,13 +221,14 @@ def cmd_agents(args) -> None:
     base_env = args.env or ENV_NAMES[0]
     suite_info = make_suite(base_env).info()
     for agent in agents:
-        cls = agent_class(agent["name"]).config_class
+        cls = agent_class(agent["name"])
+        holders = cfg.run_keys(cls)
         print(f"{agent['name']} (defaults v{agent['defaults_version']}): {agent['doc']}")
         print(f"  defaults on {base_env}" + ("" if args.env else
                                              " (other envs: differences below; --env E for one)"))
         values = agent["defaults"][base_env]
         for group, keys in _config_groups(cls, on_cuda).items():
-            items = [(key, _spelled(cls, key, values[key], suite_info)) for key in keys]
+            items = [(key, _spelled(holders[key], key, values[key], suite_info)) for key in keys]
             _print_group(group, items)
         if not on_cuda:
             hidden = [key for key in values if key in DEVICE_ONLY]
@@ -253,26 +252,31 @@ def cmd_agents(args) -> None:
 # switches that only change how a CUDA device computes (same model, same results up to float
 # rounding): shown only where a CUDA device is present
 DEVICE_ONLY = ("cuda_graphs", "torch_compile", "tf32")
-GROUP_OF_BASE = {"RunConfig": "run settings", "PPOConfig": "PPO and update"}
+GROUP_OF_BASE = {"AgentConfig": "trials and evaluation", "PPOConfig": "PPO and update"}
+TRAINER_GROUP = "trainer settings (a resume may change them)"
 
 
-def _config_groups(config_class, on_cuda: bool) -> dict[str, list[str]]:
-    """Hyperparameters grouped by the config class that defines them: the agent's own
-    (architecture, and for non-PPO agents their update too), PPO's, the run's."""
-    import dataclasses
+def _config_groups(agent_cls, on_cuda: bool) -> dict[str, list[str]]:
+    """An agent's keys grouped by the class that defines them: its hyperparameters' own
+    (architecture, and for non-PPO agents their update too), PPO's, every agent's (trials and
+    evaluation), then the trainer settings."""
+    from trmrl import config as cfg
 
+    config_class = agent_cls.config_class
     own = ("architecture" if any(base.__name__ == "PPOConfig" for base in config_class.__mro__)
            else "architecture and update")
-    groups: dict[str, list[str]] = {own: [], "PPO and update": [], "run settings": []}
+    groups: dict[str, list[str]] = {own: [], "PPO and update": [], "trials and evaluation": [],
+                                    TRAINER_GROUP: []}
     if on_cuda:
         groups["on a CUDA device"] = []
-    for field in dataclasses.fields(config_class):
-        if field.name in DEVICE_ONLY:
+    for key, holder in cfg.run_keys(agent_cls).items():
+        if key in DEVICE_ONLY:
             if on_cuda:
-                groups["on a CUDA device"].append(field.name)
-            continue
-        groups[GROUP_OF_BASE.get(_defined_in(config_class, field.name).__name__, own)].append(
-            field.name)
+                groups["on a CUDA device"].append(key)
+        elif holder is agent_cls.settings_class:
+            groups[TRAINER_GROUP].append(key)
+        else:
+            groups[GROUP_OF_BASE.get(_defined_in(holder, key).__name__, own)].append(key)
     return {group: keys for group, keys in groups.items() if keys}
 
 

@@ -5,6 +5,10 @@ Each agent keeps its hyperparameters in one dataclass (a comment per field). A p
 holds the per-env defaults, e.g. the paper's launch commands; ``--set key=value`` and the
 workflow config override them. Unknown keys and values of the wrong type are errors that
 name the key and what is allowed.
+
+All of these are one flat mapping of keys, as is a run's config.yaml; :func:`build_run` splits
+it into the trainer's settings and the agent's hyperparameters (:mod:`trmrl.settings`), and
+:func:`flatten` joins them again.
 """
 
 from __future__ import annotations
@@ -90,6 +94,39 @@ def build(config_cls: type, values: dict[str, Any], source: str = "config"):
     if hasattr(config, "validate"):
         config.validate()
     return config
+
+
+def run_keys(agent_cls) -> dict[str, type]:
+    """Every flat key of an agent, with the dataclass that holds it: its trainer settings'
+    (``agent_cls.settings_class``) and its hyperparameters' (``agent_cls.config_class``)."""
+    settings_keys = {f.name: agent_cls.settings_class for f in dataclasses.fields(agent_cls.settings_class)}
+    config_keys = {f.name: agent_cls.config_class for f in dataclasses.fields(agent_cls.config_class)}
+    both = sorted(set(settings_keys) & set(config_keys))
+    if both:  # a definition error of the agent: a flat key must name one object
+        raise ConfigError(f"agent {getattr(agent_cls, 'name', agent_cls.__name__)!r}: "
+                          f"{', '.join(both)} are both trainer settings "
+                          f"({agent_cls.settings_class.__name__}) and hyperparameters "
+                          f"({agent_cls.config_class.__name__}); remove them from one")
+    return {**settings_keys, **config_keys}
+
+
+def build_run(agent_cls, values: dict[str, Any], source: str = "config") -> tuple[Any, Any]:
+    """(trainer settings, hyperparameters) of an agent from one flat mapping: each key goes to
+    the dataclass that has it; an unknown key is an error naming the valid keys of both."""
+    keys = run_keys(agent_cls)
+    for key in values:
+        if key not in keys:
+            raise ConfigError(f"unknown {source} key {key!r}; valid keys: {', '.join(sorted(keys))}")
+    settings = build(agent_cls.settings_class,
+                     {k: v for k, v in values.items() if keys[k] is agent_cls.settings_class}, source)
+    config = build(agent_cls.config_class,
+                   {k: v for k, v in values.items() if keys[k] is agent_cls.config_class}, source)
+    return settings, config
+
+
+def flatten(settings, config) -> dict[str, Any]:
+    """The flat mapping of (trainer settings, hyperparameters), as config.yaml holds it."""
+    return {**to_dict(settings), **to_dict(config)}
 
 
 def coerce(key: str, value: Any, hint: Any, source: str = "config") -> Any:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from trmrl.agents.base import RunConfig
 from trmrl.errors import ConfigError
+from trmrl.settings import AgentConfig
 
 if TYPE_CHECKING:
     from trmrl.accel import OptimizerPlacement
@@ -48,7 +48,7 @@ LR_SCHEDULES = ("constant", "decay")
 
 
 @dataclass
-class PPOConfig(RunConfig):
+class PPOConfig(AgentConfig):
     gamma: float = 0.9  # discount, across the episodes of a trial
     gae_lambda: float = 0.8  # GAE lambda
     clip: float = 0.2  # PPO probability-ratio clip
@@ -85,10 +85,6 @@ class PPOConfig(RunConfig):
     lr_decay_start: int = 0
     lr_decay_end: int = 0
     lr_min_factor: float = 1.0
-    cuda_graphs: bool = True  # on a GPU, replay the minibatch step from a CUDA graph
-    # on a GPU with cuda_graphs: torch.compile the model inside the graphs, so they replay
-    # fewer, fused kernels (costs ~10-30 s of compiling per batch shape at the start)
-    torch_compile: bool = False
 
     def validate(self) -> None:
         super().validate()

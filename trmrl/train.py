@@ -42,29 +42,27 @@ from trmrl.utils import (atomic_write_bytes, available_cpus, format_duration, gi
 log = logging.getLogger("trmrl.train")
 
 PROGRESS_COLUMNS = ["env_steps", "wall_s", "split", "episode", "return", "success"]
-# settings that change how a run executes, not what it learns: a resume may change them
-OPERATIONAL_KEYS = ("steps", "num_workers", "pipeline_sampling", "checkpoint_every_s", "cuda_graphs",
-                    "torch_compile")
 CHECKPOINT_FORMAT = 1
 MAX_SEED = cfg.MAX_SEED
 
 
 @dataclass
 class RunSpec:
-    """What identifies a run, plus its resolved hyperparameters."""
+    """What identifies a run, plus its resolved hyperparameters and trainer settings."""
 
     agent: str
     env: str
     seed: int
     device: str  # "cpu" | "cuda" | "cuda:N", resolved from "auto"
-    hyperparameters: Any  # the agent's config dataclass instance
+    hyperparameters: Any  # the agent's config dataclass instance: fixed for the run's life
     defaults_version: int
+    settings: Any  # the agent's trainer settings (trmrl.settings): a resume may change them
 
     def to_yaml(self) -> dict[str, Any]:
         return {"agent": self.agent, "env": self.env, "seed": self.seed, "device": self.device,
                 "trmrl_version": trmrl.__version__, "git_commit": git_commit(),
                 "defaults_version": self.defaults_version,
-                "hyperparameters": cfg.to_dict(self.hyperparameters)}
+                "hyperparameters": cfg.flatten(self.settings, self.hyperparameters)}
 
 
 def resolve_device(device: str) -> str:
@@ -91,8 +89,8 @@ def resolve(agent: str, env: str, seed: int, steps: int | None = None, device: s
     values.update(overrides)
     if steps is not None:
         values["steps"] = steps
-    hyperparameters = cfg.build(agent_class(agent).config_class, values, source="--set")
-    return RunSpec(agent, env, seed, resolve_device(device), hyperparameters, version)
+    settings, hyperparameters = cfg.build_run(agent_class(agent), values, source="--set")
+    return RunSpec(agent, env, seed, resolve_device(device), hyperparameters, version, settings)
 
 
 def check_against_suite(spec: RunSpec, suite) -> None:
@@ -109,7 +107,8 @@ def check_against_suite(spec: RunSpec, suite) -> None:
 # Run directory
 # ---------------------------------------------------------------------------------------
 def _check_existing_run(run_dir: Path, spec: RunSpec) -> None:
-    """A RUN_DIR may only be resumed by the same agent/env/seed and hyperparameters."""
+    """A RUN_DIR may only be resumed by the same agent/env/seed and hyperparameters (its
+    trainer settings may change: how the run executes, not what it learns)."""
     path = run_dir / "config.yaml"
     old = read_run_config(path)
     old_id = (old["agent"], old["env"], int(old["seed"]))
@@ -119,14 +118,14 @@ def _check_existing_run(run_dir: Path, spec: RunSpec) -> None:
                        f"seed={old_id[2]}, not agent={spec.agent} env={spec.env} "
                        f"seed={spec.seed}; use another --out")
     new_hp = cfg.to_dict(spec.hyperparameters)
-    unknown = sorted(set(old_hp) - set(new_hp))
+    unknown = sorted(set(old_hp) - set(cfg.run_keys(agent_class(spec.agent))))
     if unknown:
         raise RunError(f"{path} has hyperparameters this trmrl version does not know "
                        f"({', '.join(unknown)}); resume it with the version that wrote it")
     # a key added to the code after the run began: the run behaved as the key's default
     # (new hyperparameters always default to the behaviour from before they existed)
     old_hp = {**cfg.to_dict(type(spec.hyperparameters)()), **old_hp}
-    changed = [k for k in new_hp if k not in OPERATIONAL_KEYS and old_hp.get(k) != new_hp[k]]
+    changed = [k for k in new_hp if old_hp.get(k) != new_hp[k]]
     if changed:
         diffs = ", ".join(f"{k}: {old_hp.get(k)!r} -> {new_hp[k]!r}" for k in changed)
         raise RunError(f"{run_dir} was trained with other hyperparameters ({diffs}); "
@@ -349,7 +348,8 @@ class _StopOnSigterm:
 # ---------------------------------------------------------------------------------------
 def build_agent(spec: RunSpec) -> Agent:
     suite = make_suite(spec.env)
-    return agent_class(spec.agent)(spec.hyperparameters, suite, torch.device(spec.device), spec.seed)
+    return agent_class(spec.agent)(spec.hyperparameters, suite, torch.device(spec.device), spec.seed,
+                                   settings=spec.settings)
 
 
 def evaluate_on_test(agent: Agent, sampler: TrialSampler, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -390,7 +390,7 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
 
 
 def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    hp = spec.hyperparameters
+    hp, settings = spec.hyperparameters, spec.settings
     config_path, progress_path = run_dir / CONFIG, run_dir / PROGRESS
     metrics_path = run_dir / METRICS
     checkpoint_path = run_dir / CHECKPOINT
@@ -401,11 +401,11 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     remove_leftovers(run_dir)  # temp files of writes a killed run did not finish
     checkpoint = _load_checkpoint(checkpoint_path, spec) if checkpoint_path.exists() else None
     if checkpoint is not None:
-        trained, budget = checkpoint["env_steps"], checkpoint.get("steps", hp.steps)
+        trained, budget = checkpoint["env_steps"], checkpoint.get("steps", settings.steps)
         # a budget below what the run has trained, and below the budget it trained for
         # (a finished run may overshoot its own budget by part of an iteration)
-        if hp.steps < trained and hp.steps < budget:
-            raise RunError(f"--steps {hp.steps} is less than the {trained} env steps {run_dir} "
+        if settings.steps < trained and settings.steps < budget:
+            raise RunError(f"--steps {settings.steps} is less than the {trained} env steps {run_dir} "
                            f"has trained; give --steps {trained} or more, or use another --out")
 
     torch.set_num_threads(available_cpus())
@@ -418,8 +418,8 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         raise
     sampler = TrialSampler(suite, hp.trials_per_update, horizon=hp.horizon,
                            episodes_per_trial=hp.episodes_per_trial,
-                           num_workers=hp.num_workers if agent.collects_trainer_trials else 0,
-                           seed=spec.seed, pipeline=hp.pipeline_sampling)
+                           num_workers=settings.num_workers if agent.collects_trainer_trials else 0,
+                           seed=spec.seed, pipeline=settings.pipeline_sampling)
     torch.set_num_threads(trainer_threads(spec.device, sampler.num_workers))
     eval_sampler = TrialSampler(suite, min(hp.eval_tasks, 64), horizon=hp.horizon,
                                 episodes_per_trial=hp.episodes_per_trial, seed=spec.seed + 10_000)
@@ -433,7 +433,7 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
             csv.writer(handle).writerow(PROGRESS_COLUMNS)
         metrics_path.unlink(missing_ok=True)  # its header comes with the first iteration
         log.info("training %s on %s, seed %d, %d env steps, device %s, %d CPU threads -> %s",
-                 spec.agent, spec.env, spec.seed, hp.steps, spec.device, torch.get_num_threads(),
+                 spec.agent, spec.env, spec.seed, settings.steps, spec.device, torch.get_num_threads(),
                  run_dir)
     else:
         _restore_agent(agent, checkpoint, checkpoint_path)
@@ -442,24 +442,24 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         env_steps, iteration = checkpoint["env_steps"], checkpoint["iteration"]
         wall_offset, next_eval = checkpoint["wall_s"], checkpoint["next_eval"]
         latest_test = checkpoint.get("latest_test")
-        if next_eval == math.inf and env_steps < hp.steps:  # a finished run given a larger budget
+        if next_eval == math.inf and env_steps < settings.steps:  # a finished run given a larger budget
             next_eval = env_steps + hp.eval_every
         _restore_progress(progress_path, checkpoint)  # drop rows written after the checkpoint
         _restore_metrics(metrics_path, checkpoint)
         config = yaml.safe_load(config_path.read_text())
-        current = cfg.to_dict(hp)
-        # record new operational values and keys the run predates (at their defaults)
-        update = {k: v for k, v in current.items()
-                  if k in OPERATIONAL_KEYS or k not in config["hyperparameters"]}
+        # record the trainer settings of this session and hyperparameters the run predates
+        # (at their defaults)
+        update = {**cfg.to_dict(settings), **{k: v for k, v in cfg.to_dict(hp).items()
+                                              if k not in config["hyperparameters"]}}
         if any(config["hyperparameters"].get(k, object()) != v for k, v in update.items()):
             config["hyperparameters"].update(update)
             atomic_write_bytes(config_path, yaml.safe_dump(config, sort_keys=False).encode())
         log.info("resuming %s at env step %d of %d, device %s, %d CPU threads", run_dir,
-                 env_steps, hp.steps, spec.device, torch.get_num_threads())
+                 env_steps, settings.steps, spec.device, torch.get_num_threads())
 
     started = time.perf_counter()
     last_checkpoint = started
-    progress = _Progress(hp.steps, env_steps)
+    progress = _Progress(settings.steps, env_steps)
 
     def wall() -> float:
         return wall_offset + time.perf_counter() - started
@@ -469,7 +469,7 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                  "seed": spec.seed, "agent_state": agent.state_dict(),
                  "task_rng": task_rng.bit_generator.state, "sampler_calls": sampler.calls,
                  "env_steps": env_steps, "iteration": iteration, "next_eval": next_eval,
-                 "wall_s": wall(), "steps": hp.steps, "latest_test": latest_test,
+                 "wall_s": wall(), "steps": settings.steps, "latest_test": latest_test,
                  "progress_bytes": progress_path.stat().st_size,
                  "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
         buffer = io.BytesIO()
@@ -479,14 +479,14 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     stop = _StopOnSigterm()
     stop.install()
     try:
-        while env_steps < hp.steps or next_eval <= env_steps:
+        while env_steps < settings.steps or next_eval <= env_steps:
             rows = []
             if next_eval <= env_steps:  # evaluate at 0, eval_every, ... and at the end
                 returns, success = evaluate_on_test(agent, eval_sampler, spec.seed)
                 latest_test = float(returns.mean())
                 rows += _progress_rows(env_steps, wall(), "test", returns, success)
-                next_eval = env_steps + hp.eval_every if env_steps < hp.steps else math.inf
-            if env_steps < hp.steps:
+                next_eval = env_steps + hp.eval_every if env_steps < settings.steps else math.inf
+            if env_steps < settings.steps:
                 tasks = suite.sample_tasks(task_rng, hp.trials_per_update, spec.seed)
                 try:
                     result = agent.train_iteration(sampler, tasks)
@@ -500,27 +500,27 @@ def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                 rows += _progress_rows(env_steps, wall(), "train", result.episode_return,
                                        result.episode_success)
                 _append_metrics(metrics_path, env_steps, iteration, wall(), result.metrics)
-                if env_steps >= hp.steps:
+                if env_steps >= settings.steps:
                     next_eval = min(next_eval, env_steps)  # always end with an evaluation
             with open(progress_path, "a", newline="") as handle:
                 csv.writer(handle).writerows(rows)
                 handle.flush()
                 os.fsync(handle.fileno())
             progress.update(env_steps, latest_test)
-            done = env_steps >= hp.steps and next_eval > env_steps
+            done = env_steps >= settings.steps and next_eval > env_steps
             if done or stop.requested or \
-                    time.perf_counter() - last_checkpoint >= hp.checkpoint_every_s:
+                    time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s:
                 save_checkpoint()
                 last_checkpoint = time.perf_counter()
             if stop.requested and not done:
                 raise Terminated(f"terminated by SIGTERM at env step {env_steps} of "
-                                 f"{hp.steps}, checkpoint saved: run the same command to "
+                                 f"{settings.steps}, checkpoint saved: run the same command to "
                                  "resume")
     except Exception as error:
         # the sampler's workers ignore SIGTERM, but one may still die meanwhile (killed outright,
         # out of memory): still a termination (a scheduler may run the job again), not an error
         if stop.requested and not isinstance(error, (Terminated, TrainingDiverged, UserError)):
-            raise Terminated(f"terminated by SIGTERM at env step {env_steps} of {hp.steps} "
+            raise Terminated(f"terminated by SIGTERM at env step {env_steps} of {settings.steps} "
                              f"({type(error).__name__}: {error}); the run resumes from its last "
                              "checkpoint") from error
         raise
@@ -544,15 +544,15 @@ def load_run(run_dir: Path | str, device: str = "auto") -> tuple[RunSpec, Agent]
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
     config = read_run_config(config_path)
     check_env_name(config["env"])
-    hyperparameters = cfg.build(agent_class(config["agent"]).config_class,
-                                config["hyperparameters"], source=str(config_path))
+    settings, hyperparameters = cfg.build_run(agent_class(config["agent"]), config["hyperparameters"],
+                                              source=str(config_path))
     try:
         defaults_version = int(config.get("defaults_version", 0))
     except (TypeError, ValueError):
         raise RunError(f"{config_path}: defaults_version must be an integer, got "
                        f"{config.get('defaults_version')!r}") from None
     spec = RunSpec(config["agent"], config["env"], int(config["seed"]), resolve_device(device),
-                   hyperparameters, defaults_version)
+                   hyperparameters, defaults_version, settings)
     checkpoint_path = run_dir / CHECKPOINT
     if not checkpoint_path.exists():
         raise RunError(f"{run_dir} has no checkpoint.pt: train it first")

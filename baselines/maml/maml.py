@@ -57,13 +57,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from trmrl.agents.base import Agent, IterationResult, RunConfig
+from trmrl.agents.base import Agent, IterationResult
 from trmrl.errors import ConfigError
 from trmrl.ppo import gae, gaussian_kl, gaussian_log_prob
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch, TrialSampler
+from trmrl.settings import AgentConfig, TrainerSettings
 
 @dataclass
-class MAMLConfig(RunConfig):
+class MAMLConfig(AgentConfig):
     # `trmrl train` takes per-env defaults from trmrl/configs/maml.yaml; these are the
     # values of a bare MAMLConfig() (garage's MuJoCo MAML-TRPO examples, but action_scale 1).
     trials_per_update: int = 20  # meta-batch: tasks per outer step
@@ -200,8 +201,9 @@ class MAMLAgent(Agent):
     config_class = MAMLConfig
     config: MAMLConfig
 
-    def __init__(self, config: MAMLConfig, suite, device, seed):
-        super().__init__(config, suite, device, seed)
+    def __init__(self, config: MAMLConfig, suite, device, seed,
+                 settings: TrainerSettings | None = None):
+        super().__init__(config, suite, device, seed, settings)
         init = torch.Generator().manual_seed(seed)
         self.theta = [p.to(device).requires_grad_() for p in init_params(
             suite.observation_dim, suite.action_dim, config.hidden, config.init_std, init)]
@@ -367,7 +369,7 @@ class MAMLAgent(Agent):
         with torch.no_grad():
             params = [p.detach().clone() for p in grouped(self.theta, G)]
         with TrialSampler(self.suite, G * N, horizon=horizon, episodes_per_trial=1,
-                          num_workers=min(self.config.num_workers, G * N), seed=seed) as sampler:
+                          num_workers=min(self.settings.num_workers, G * N), seed=seed) as sampler:
             for k in range(episodes):
                 batch = self._collect(sampler, tasks, params, N, eval_step=k)
                 returns[:, k] = batch.episode_return.reshape(G, N).mean(1)
@@ -382,7 +384,7 @@ class MAMLAgent(Agent):
         if self._sampler is None or self._sampler.num_envs != rows:
             self.close()
             self._sampler = TrialSampler(self.suite, rows, horizon=trainer_sampler.horizon,
-                                         episodes_per_trial=1, num_workers=self.config.num_workers,
+                                         episodes_per_trial=1, num_workers=self.settings.num_workers,
                                          seed=trainer_sampler.seed + 1)
         return self._sampler
 

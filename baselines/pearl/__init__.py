@@ -2,6 +2,6 @@
 (:mod:`baselines.pearl.agent`), networks (:mod:`~baselines.pearl.networks`) and buffers
 (:mod:`~baselines.pearl.buffers`)."""
 
-from baselines.pearl.agent import PEARLAgent, PEARLConfig
+from baselines.pearl.agent import PEARLAgent, PEARLConfig, PEARLSettings
 
-__all__ = ["PEARLAgent", "PEARLConfig"]
+__all__ = ["PEARLAgent", "PEARLConfig", "PEARLSettings"]

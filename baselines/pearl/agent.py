@@ -90,10 +90,11 @@ from baselines.pearl.buffers import ContextStore, ReplayStore
 from baselines.pearl.networks import (PEARLNetworks, kl_to_standard_normal, tanh_gaussian_log_prob)
 from trmrl.accel import (EagerLoop, GraphedLoop, OptimizerPlacement, StepNoise, acting_module, tensor_core_width,
                          tf32, uses_cuda_graphs)
-from trmrl.agents.base import Agent, IterationResult, RunConfig
+from trmrl.agents.base import Agent, IterationResult
 from trmrl.envs import Task
 from trmrl.errors import ConfigError
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch, TrialSampler
+from trmrl.settings import AgentConfig, TrainerSettings
 
 log = logging.getLogger("trmrl.pearl")
 
@@ -104,10 +105,15 @@ STEP_STATS = ("q_loss", "v_loss", "policy_loss", "kl", "posterior_std", "posteri
 
 
 @dataclass
-class PEARLConfig(RunConfig):
+class PEARLSettings(TrainerSettings):
+    steps: int = 1_000_000  # env-step budget (as trmrl/configs/pearl.yaml's MuJoCo default)
+    cuda_graphs: bool = True  # on a GPU, replay the whole gradient step from a CUDA graph
+
+
+@dataclass
+class PEARLConfig(AgentConfig):
     # `trmrl train` takes per-env defaults from trmrl/configs/pearl.yaml; these are the values
     # of a bare PEARLConfig() (PEARL's cheetah-vel settings).
-    steps: int = 1_000_000  # env-step budget
     eval_every: int = 50_000  # env steps between test evaluations
     trials_per_update: int = 5  # pool tasks collected per iteration (PEARL's num_tasks_sample)
     num_train_tasks: int | None = 100  # size of the fixed training-task pool (None: the split)
@@ -137,8 +143,9 @@ class PEARLConfig(RunConfig):
     meta_batch: int = 16  # tasks per gradient step (drawn with replacement from the pool)
     batch_size: int = 256  # SAC transitions per task per gradient step
     context_batch_size: int = 100  # context transitions per task per gradient step
-    cuda_graphs: bool = True  # on a GPU, replay the whole gradient step from a CUDA graph
-    tf32: bool = True  # on a GPU, the gradient step's matrix products in TF32 (tensor cores)
+    # on a GPU, the gradient step's matrix products in TF32 (tensor cores); a hyperparameter,
+    # not a trainer setting: it changes the numbers the updates compute, so a resume keeps it
+    tf32: bool = True
     # evaluation trials: leading episodes with z from the prior before the posterior takes over;
     # oyster's num_exp_traj_eval is 2, ours 1 so that the suites' 2-episode test trials
     # (progress.csv) hold a posterior episode
@@ -222,9 +229,12 @@ class PEARLAgent(Agent):
     collects_trainer_trials = False  # prior/posterior phases and the initial collection on its own samplers
     config_class = PEARLConfig
     config: PEARLConfig
+    settings_class = PEARLSettings
+    settings: PEARLSettings
 
-    def __init__(self, config: PEARLConfig, suite, device, seed):
-        super().__init__(config, suite, device, seed)
+    def __init__(self, config: PEARLConfig, suite, device, seed,
+                 settings: PEARLSettings | None = None):
+        super().__init__(config, suite, device, seed, settings)
         o, a = suite.observation_dim, suite.action_dim
         self.obs_dim, self.act_dim = o, a
         self.context_dim = o + a + 1 + (o if config.use_next_obs_in_context else 0)
@@ -235,7 +245,7 @@ class PEARLAgent(Agent):
                                   torch.Generator().manual_seed(seed))
         self.nets.to(device)
         # eager or accelerated steps (trmrl.accel): chosen here, once
-        self.graphed = uses_cuda_graphs(device, config.cuda_graphs)
+        self.graphed = uses_cuda_graphs(device, self.settings.cuda_graphs)
         # a few rows per acting step cost less on the CPU than a GPU round trip: a policy that
         # learns on a GPU acts through a CPU copy, refreshed after every update
         self.acting_policy = acting_module(self.nets.policy, device)
@@ -372,7 +382,7 @@ class PEARLAgent(Agent):
             offset = {"prior": 1, "posterior": 2, "initial": 3}[kind]
             self._samplers[kind] = TrialSampler(
                 self.suite, num_envs, horizon=self.horizon, episodes_per_trial=episodes,
-                num_workers=min(self.config.num_workers, num_envs), seed=base_seed + offset)
+                num_workers=min(self.settings.num_workers, num_envs), seed=base_seed + offset)
         return self._samplers[kind]
 
     def _collect(self, kind: str, sampler: TrialSampler, tasks: np.ndarray,

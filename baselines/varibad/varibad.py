@@ -309,8 +309,8 @@ class VariBADAgent(RecurrentPPOAgent):
     config_class = VariBADConfig
     config: VariBADConfig
 
-    def __init__(self, config: VariBADConfig, suite, device, seed):
-        super().__init__(config, suite, device, seed)
+    def __init__(self, config: VariBADConfig, suite, device, seed, settings=None):
+        super().__init__(config, suite, device, seed, settings)
         self.vae_optimizer = torch.optim.Adam(self.model.vae_parameters(), lr=config.vae_lr)
         self.buffer = TrialBuffer(config.vae_buffer_trials)
         # running variance of the discounted return, for reward scaling (as VecNormalize)

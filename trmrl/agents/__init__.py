@@ -17,7 +17,7 @@ import functools
 import importlib.metadata
 import re
 
-from trmrl.agents.base import Agent, IterationResult, RunConfig
+from trmrl.agents.base import Agent, IterationResult
 from trmrl.errors import ConfigError
 
 ENTRY_POINT_GROUP = "trmrl.agents"
@@ -92,5 +92,5 @@ def __getattr__(attribute: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
-__all__ = ["AGENT_NAMES", "ENTRY_POINT_GROUP", "Agent", "IterationResult", "RunConfig",
+__all__ = ["AGENT_NAMES", "ENTRY_POINT_GROUP", "Agent", "IterationResult",
            "agent_class", "agent_names", "check_agent_name"]

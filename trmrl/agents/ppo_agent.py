@@ -16,7 +16,7 @@ With ``normalize_observations`` the agent owns a :class:`~trmrl.nn.RunningNormal
 the observation, handed to ``build_model`` (``self.obs_normalizer``, None when off); the
 model scales its inputs with it, and the statistics move after each update.
 
-On a GPU with ``cuda_graphs`` the agent acts and learns through :mod:`trmrl.accel`'s graphed
+On a GPU with the trainer setting ``cuda_graphs`` the agent acts and learns through :mod:`trmrl.accel`'s graphed
 steps, chosen once in ``__init__``; ``act``, ``update`` and ``load_state_dict`` are the same
 code on every device.
 """
@@ -37,6 +37,7 @@ from trmrl.nn import RunningNormalizer
 from trmrl.ppo import (JointLoss, PolicyLoss, PPOConfig, PPOUpdate, UpdatePhase, ValueLoss,
                        discounted_returns, gae, gaussian_entropy, gaussian_log_prob, make_optimizer)
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
+from trmrl.settings import AcceleratedSettings
 
 
 class ModelOutput(NamedTuple):
@@ -52,6 +53,8 @@ class ModelOutput(NamedTuple):
 
 class PPOAgent(Agent):
     config: PPOConfig
+    settings_class = AcceleratedSettings  # cuda_graphs, torch_compile
+    settings: AcceleratedSettings
     # PPO minibatches of whole trials ([trials, T] samples, padding weighted 0) instead of
     # timesteps: for models that must see a trial from its start (recurrent ones)
     trial_minibatches: bool = False
@@ -61,8 +64,9 @@ class PPOAgent(Agent):
     # value must be carried while acting)
     values_from_batch: bool = False
 
-    def __init__(self, config: PPOConfig, suite, device, seed):
-        super().__init__(config, suite, device, seed)
+    def __init__(self, config: PPOConfig, suite, device, seed,
+                 settings: AcceleratedSettings | None = None):
+        super().__init__(config, suite, device, seed, settings)
         torch.manual_seed(seed)  # parameter initialisation
         # build_model hands it to the model (whose state it is part of); update moves it
         self.obs_normalizer = (RunningNormalizer(suite.observation_dim)
@@ -72,8 +76,8 @@ class PPOAgent(Agent):
             self.model.register_parameter("value_log_std", nn.Parameter(torch.zeros(())))
         self.model.to(device)
         # eager or graphed steps: chosen here, once
-        self.graphed = uses_cuda_graphs(device, config.cuda_graphs)
-        self.compiled = self.graphed and config.torch_compile and compile_model(self.model)
+        self.graphed = uses_cuda_graphs(device, self.settings.cuda_graphs)
+        self.compiled = self.graphed and self.settings.torch_compile and compile_model(self.model)
         self.optimizer_placement = OptimizerPlacement.for_graphs(device, self.graphed)
         self.phases = self.build_phases()
         self.optimizer = self.phases[0].optimizer

@@ -62,6 +62,8 @@ class WorkingMemoryAgent(PPOAgent):
     defaults = "my_agent:defaults.yaml"  # shipped as package data
     config_class = WorkingMemoryConfig
     config: WorkingMemoryConfig
+    # the trainer settings (steps, num_workers, cuda_graphs, ...) are PPOAgent's
+    # (settings_class, read as self.settings): this agent adds no switch of its own
 
     def build_model(self):
         suite = self.suite
