@@ -84,8 +84,8 @@ def test_an_agent_gets_its_settings_at_construction():
     chosen = OracleAgent(config, ToySuite(), torch.device("cpu"), 0,
                          settings=AcceleratedSettings(cuda_graphs=False, num_workers=2))
     assert chosen.settings.num_workers == 2 and not chosen.graphed
-    with pytest.raises(TypeError, match="agent 'oracle' takes AcceleratedSettings settings, "
-                                        "got TrainerSettings"):
+    with pytest.raises(TypeError, match=r"agent 'oracle' needs trainer settings with cuda_graphs, "
+                                        r"torch_compile \(AcceleratedSettings\), got TrainerSettings"):
         OracleAgent(config, ToySuite(), torch.device("cpu"), 0, settings=TrainerSettings())
 
 

@@ -10,7 +10,7 @@ state, random generators).
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,9 +50,11 @@ class Agent(abc.ABC):
         needs of them: the execution switches, the worker count of samplers of its own."""
         if settings is None:
             settings = self.settings_class()
-        if not isinstance(settings, self.settings_class):
-            raise TypeError(f"agent {self.name!r} takes {self.settings_class.__name__} settings, "
-                            f"got {type(settings).__name__}")
+        # any settings object with the fields the agent reads (a base class's defaults do)
+        missing = [f.name for f in fields(self.settings_class) if not hasattr(settings, f.name)]
+        if missing:
+            raise TypeError(f"agent {self.name!r} needs trainer settings with {', '.join(missing)} "
+                            f"({self.settings_class.__name__}), got {type(settings).__name__}")
         self.config, self.suite, self.device, self.seed = config, suite, device, seed
         self.settings = settings
 
