@@ -421,7 +421,7 @@ class _Run:
         return self.failed is None and (self.env_steps < self.steps
                                         or self.next_eval <= self.env_steps)
 
-    def save_checkpoint(self, wall_s: float) -> None:
+    def checkpoint_bytes(self, wall_s: float) -> bytes:
         state = {"format": CHECKPOINT_FORMAT, "agent": self.spec.agent, "env": self.spec.env,
                  "seed": self.spec.seed, "agent_state": self.agent.state_dict(),
                  "task_rng": self.task_rng.bit_generator.state, "sampler_calls": self.sampler_calls,
@@ -433,8 +433,30 @@ class _Run:
                                    if self.metrics_path.exists() else 0)}
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
-        self.unsaved = False
+        return buffer.getvalue()
+
+
+def _save_checkpoints(runs: list[_Run], wall_s: list[float]) -> None:
+    """Each run's checkpoint, written atomically (tmp file + rename); the renames of several
+    runs follow each other only once every file is written, so that a kill rarely leaves the
+    members of a population at different iterations (a resume would handle it: the runs behind
+    catch up first)."""
+    temporary = []
+    try:
+        for run, wall in zip(runs, wall_s):
+            tmp = run.checkpoint_path.with_name(CHECKPOINT + ".tmp")
+            temporary.append(tmp)
+            with open(tmp, "wb") as handle:
+                handle.write(run.checkpoint_bytes(wall))
+                handle.flush()
+                os.fsync(handle.fileno())
+        for run, tmp in zip(runs, temporary):
+            os.replace(tmp, run.checkpoint_path)
+            run.unsaved = False
+    except BaseException:  # a full disk, a KeyboardInterrupt: leave no half file
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_population(specs: list[RunSpec], run_dirs: list[Path]) -> None:
@@ -724,9 +746,9 @@ def _train_locked(runs: list[_Run]) -> list[dict[str, Any]]:
             progress.update(lagging(), latest_test())
             periodic = stop.requested or \
                 time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s
-            for run in runs:
-                if run.failed is None and run.unsaved and (periodic or not run.active()):
-                    run.save_checkpoint(wall(run))
+            saving = [run for run in runs
+                      if run.failed is None and run.unsaved and (periodic or not run.active())]
+            _save_checkpoints(saving, [wall(run) for run in saving])
             if periodic:
                 last_checkpoint = time.perf_counter()
             if stop.requested and any(run.active() for run in runs):
