@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("metaworld")
 
 from trmrl.envs import SuiteError, Task, make_suite, suite_class  # noqa: E402
+from trmrl.envs.base import EnvStepError  # noqa: E402
 
 ML1_NAMES = ("ml1-reach", "ml1-push", "ml1-pick-place")
 ALL_NAMES = (*ML1_NAMES, "ml10", "ml45")
@@ -248,3 +249,80 @@ def test_task_features_tell_goals_and_classes_apart():
     features = np.stack([ml10.task_features(t) for t in tasks])
     assert features.shape == (5, 15 + 12)
     assert (features[:, :15].sum(1) == 1).all() and len({f.argmax() for f in features[:, :15]}) == 5
+
+
+# -- our stepping is metaworld's own -----------------------------------------------------------
+
+def bare_metaworld_env(suite, mw_task):
+    """A metaworld env of the task's class, made and set as a plain metaworld user would."""
+    import metaworld
+    classes = (metaworld.env_dict.ML10_V3 if suite.benchmark == "ML10"
+               else {"train": metaworld.env_dict.ALL_V3_ENVIRONMENTS, "test": {}})
+    env = {**classes["train"], **classes["test"]}[mw_task.env_name]()
+    env.set_task(mw_task)
+    return env
+
+
+@pytest.mark.parametrize("name", ["ml1-push", "ml10"])
+def test_sampled_trials_are_metaworlds_own_steps(suites, name):
+    # The sampler's observations, rewards and successes equal those of a bare metaworld env
+    # stepped with the same actions, clipped to the box (the policy draws beyond it), and
+    # reset as the sampler resets: exact, since both run metaworld's step on the same state.
+    import metaworld
+
+    from trmrl.sampling import RandomPolicy, TrialSampler
+    suite = suites[name]
+    tasks = suite.eval_tasks("test", 0, 3)  # ml10: three classes in one sampler's envs
+    if name == "ml10":
+        mw_tasks = [suite.metaworld_task(task) for task in tasks]
+    else:  # the goals as metaworld's own benchmark object gives them
+        benchmark = metaworld.ML1(suite.ml1_env_name, seed=0)
+        mw_tasks = [benchmark.test_tasks[task.index] for task in tasks]
+    _, act_space = suite.spaces()
+    horizon, episodes = 40, 2
+    policy = RandomPolicy(1.5 * act_space.low, 1.5 * act_space.high, seed=0)
+    with TrialSampler(suite, num_envs=2, horizon=horizon, episodes_per_trial=episodes,
+                      seed=5) as sampler:  # 3 tasks on 2 slots: two rounds
+        batch = sampler.run(policy, tasks)
+    assert (np.abs(batch.action) > 1).any()
+    for row, mw_task in enumerate(mw_tasks):
+        env = bare_metaworld_env(suite, mw_task)
+        for episode in range(episodes):
+            env.seed(sampler.reset_seed(call=0, trial=row, episode=episode))
+            obs, _ = env.reset()
+            steps = slice(episode * horizon, (episode + 1) * horizon)
+            assert np.array_equal(batch.obs[row, steps.start], obs.astype(np.float32))
+            rewards = []
+            for t in range(steps.start, steps.stop):
+                obs, reward, _, _, info = env.step(np.clip(batch.action[row, t], -1, 1))
+                rewards.append(reward)
+                assert np.array_equal(batch.next_obs[row, t], obs.astype(np.float32))
+                assert batch.reward[row, t] == np.float32(reward)
+                assert batch.success[row, t] == info["success"]
+            # float64 rewards, summed in step order as the sampler sums them
+            assert batch.episode_return[row, episode] == np.cumsum(rewards)[-1]
+
+
+def test_step_batch_is_metaworlds_step_in_float64(suites):
+    suite = suites["ml10"]
+    tasks = suite.eval_tasks("train", 0, 4)
+    ours = [suite.make_env(task) for task in tasks]
+    bare = [bare_metaworld_env(suite, suite.metaworld_task(task)) for task in tasks]
+    for env in (*ours, *bare):
+        env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        actions = rng.uniform(-1.5, 1.5, (4, 4)).astype(np.float32)
+        obs, reward, terminated, success = suite.step_batch(ours, actions)
+        want = [env.step(np.clip(a, -1, 1)) for env, a in zip(bare, actions)]
+        assert obs.dtype == reward.dtype == success.dtype == np.float64
+        assert np.array_equal(obs, np.stack([w[0] for w in want]))
+        assert np.array_equal(reward, [w[1] for w in want])
+        assert np.array_equal(terminated, [w[2] for w in want])
+        assert np.array_equal(success, [w[4]["success"] for w in want])
+    ours[2]._needs_reset = True  # as after set_task: the batch names the env that cannot step
+    with pytest.raises(EnvStepError) as caught:
+        suite.step_batch(ours, actions)
+    assert caught.value.index == 2 and "before set_task and reset" in str(caught.value.__cause__)
+    with pytest.raises(ValueError, match=r"actions must have shape \(4, 4\), got \(3, 4\)"):
+        suite.step_batch(ours, actions[:3])

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from trmrl.envs.base import NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite, check_positive
+from trmrl.envs.base import (NUM_EVAL_TASKS, EnvStepError, SuiteError, Task, TaskEnv, TaskSuite,
+                              check_positive)
 
 HORIZON = 500  # Meta-World's max_path_length: one episode
 # metaworld raises on any step past its own max_path_length; our sampler enforces HORIZON
@@ -160,15 +161,20 @@ class MetaWorldTaskEnv(TaskEnv):
         return obs, info
 
     def step(self, action):
-        if self._active is None or self._needs_reset:
-            raise RuntimeError("MetaWorldTaskEnv.step called before set_task and reset")
         # Policies may sample outside the box; metaworld only clips the arm part itself.
         action = np.clip(np.asarray(action, dtype=np.float32), self.action_space.low,
                          self.action_space.high)
-        obs, reward, terminated, _truncated, info = self._active.step(action)
+        obs, reward, terminated, _truncated, info = self.metaworld_step(action)
         info = dict(info)
         info["success"] = bool(info["success"])  # metaworld reports 0.0 / 1.0
         return obs, float(reward), bool(terminated), False, info
+
+    def metaworld_step(self, action: np.ndarray):
+        """metaworld's own ``step`` of the current task, on an action already clipped to the
+        box (float32): its 5-tuple and info dict as it returns them."""
+        if self._active is None or self._needs_reset:
+            raise RuntimeError("MetaWorldTaskEnv.step called before set_task and reset")
+        return self._active.step(action)
 
     def close(self) -> None:
         for env in self._instances.values():
@@ -303,6 +309,28 @@ class MetaWorldSuite(TaskSuite):
         if task is not None:
             env.set_task(task)
         return env
+
+    def step_batch(self, envs: list[MetaWorldTaskEnv], actions: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``envs[i].step(actions[i])`` for every env, as :meth:`TaskSuite.step_batch` asks:
+        the actions clipped in one call for all envs, then each env's metaworld step, whose
+        info dict is read for success only (env.step copies it for its caller)."""
+        n = len(envs)
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape != (n, self.action_dim):
+            raise ValueError(f"{self.name}: actions must have shape ({n}, {self.action_dim}), "
+                             f"got {actions.shape}")
+        low, high = self.spaces()[1].low, self.spaces()[1].high
+        actions = np.clip(actions, low, high)  # float32, row i as env.step clips it alone
+        obs, reward = np.empty((n, self.observation_dim)), np.empty(n)
+        terminated, success = np.empty(n, np.bool_), np.empty(n)
+        for i, (env, action) in enumerate(zip(envs, actions)):
+            try:
+                obs[i], reward[i], terminated[i], _, info = env.metaworld_step(action)
+                success[i] = info["success"]
+            except Exception as error:
+                raise EnvStepError(i) from error
+        return obs, reward, terminated, success
 
 
 def _ml1_description(env_name: str, task: str) -> dict[str, str]:
