@@ -18,8 +18,15 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from trmrl.envs.base import (NUM_EVAL_TASKS, EnvStepError, SuiteError, Task, TaskEnv, TaskSuite,
-                              check_positive)
+from trmrl.envs.base import (
+    NUM_EVAL_TASKS,
+    EnvStepError,
+    SuiteError,
+    Task,
+    TaskEnv,
+    TaskSuite,
+    check_positive,
+)
 
 HORIZON = 500  # Meta-World's max_path_length: one episode
 # metaworld raises on any step past its own max_path_length; our sampler enforces HORIZON
