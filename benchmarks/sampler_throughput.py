@@ -11,8 +11,15 @@ Prints, from one run on the CPUs this process may use (restrict them with taskse
   disturbs much less than the rates, and where the sampler's time went;
 * the ratios the issue judges: ours / (cores x single-core raw) and ours / AsyncVectorEnv.
 
+With ``--bare-metaworld`` (a Meta-World suite) it measures instead, on one core: a plain loop
+over metaworld's own ``env.step`` and our sampler in-process on the same tasks and random
+actions, and the ratio (what our side costs on top of metaworld's); with ``--worker-memory``
+also the memory of a sampler worker once its envs hold every train class of the suite.
+
     python benchmarks/sampler_throughput.py --env cheetah-vel
     taskset -c 0-15 python benchmarks/sampler_throughput.py --workers 16 --envs 256
+    python benchmarks/sampler_throughput.py --env ml1-reach --bare-metaworld --envs 8
+    python benchmarks/sampler_throughput.py --env ml45 --bare-metaworld --worker-memory
 """
 
 from __future__ import annotations
@@ -170,6 +177,142 @@ def async_rate(env_name: str, envs: int, steps: int, gym_id: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------
+# Meta-World: metaworld's own env.step against our sampler, on one core
+# ---------------------------------------------------------------------------------------
+def bare_metaworld_rate(env_name: str, tasks, steps: int) -> Measured:
+    """A plain loop over metaworld's own envs (one per task, from its class) with what our
+    sampler does around it: per trial ``set_task``, ``seed`` and ``reset``; per step actions
+    drawn as RandomPolicy draws them, as float32; trials of one episode."""
+    from trmrl.envs import make_suite
+    suite = make_suite(env_name)
+    train_classes, test_classes = suite.class_dicts()
+    classes = {**train_classes, **test_classes}
+    mw_tasks = [suite.metaworld_task(task) for task in tasks]
+    envs = [classes[mw_task.env_name]() for mw_task in mw_tasks]
+    _, action_space = suite.spaces()
+    low, span = action_space.low.astype(np.float64), (action_space.high - action_space.low).astype(np.float64)
+    rng = np.random.default_rng(0)
+
+    def trial(seed: int) -> int:
+        for env, mw_task in zip(envs, mw_tasks):
+            env.set_task(mw_task)
+            env.seed(seed)
+            env.reset()
+        for _ in range(suite.horizon):
+            actions = rng.random((len(envs), len(low)))
+            actions *= span
+            actions += low
+            for env, action in zip(envs, actions.astype(np.float32)):
+                env.step(action)
+        return len(envs) * suite.horizon
+
+    trial(0)  # warm-up: first steps, page faults
+    done, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while done < steps:
+        done += trial(done)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Measured(done / wall, 1e6 * cpu / done)
+
+
+def local_metaworld_rate(env_name: str, tasks, steps: int) -> Measured:
+    """Our TrialSampler in-process on the same tasks, trials of one episode."""
+    from trmrl.envs import make_suite
+    from trmrl.sampling import RandomPolicy, TrialSampler
+    suite = make_suite(env_name)
+    _, action_space = suite.spaces()
+    policy = RandomPolicy(action_space.low, action_space.high, seed=0)
+    with TrialSampler(suite, len(tasks), episodes_per_trial=1, seed=0) as sampler:
+        sampler.run(policy, tasks)  # warm-up
+        sampler.timings = dict.fromkeys(sampler.timings, 0.0)
+        done, wall, cpu = 0, time.perf_counter(), time.process_time()
+        while done < steps:
+            done += sampler.run(policy, tasks).env_steps
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return Measured(done / wall, 1e6 * cpu / done, sampler.timings)
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) memory of a process in MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def worker_memory(env_name: str, envs: int) -> list[tuple[str, int, float]]:
+    """RSS of one sampler worker holding ``envs`` env slots: after start, after its first
+    trials (it builds the benchmark to set tasks), and once every slot has run every train
+    class (each slot keeps one metaworld env per class it has run, as in training). Returns
+    (stage, metaworld envs held, RSS MiB) rows."""
+    from trmrl.envs import make_suite
+    from trmrl.sampling import RandomPolicy, TrialSampler
+    suite = make_suite(env_name)
+    by_class = {}
+    for task in suite.tasks("train", 0):
+        by_class.setdefault(task.params["env_name"], task)
+    _, action_space = suite.spaces()
+    policy = RandomPolicy(action_space.low, action_space.high, seed=0)
+    rows = []
+    with TrialSampler(suite, envs, num_workers=1, horizon=1, episodes_per_trial=1) as sampler:
+        pid = sampler.worker_pids[0]
+        rows.append(("started (one env of the first class per slot)", envs, rss_mib(pid)[0]))
+        for count, task in enumerate(by_class.values(), 1):
+            sampler.run(policy, [task] * envs)  # every slot sets (and so makes) this class
+            if count == 1:
+                rows.append(("first trials (benchmark built)", envs, rss_mib(pid)[0]))
+        # the first class was made at start, so count classes, not runs
+        rows.append((f"every slot has run each train class ({len(by_class)})",
+                     envs * len(by_class), rss_mib(pid)[0]))
+    return rows
+
+
+def metaworld_main(args) -> None:
+    import metaworld
+
+    from trmrl.envs import make_suite
+    suite = make_suite(args.env)
+    if not hasattr(suite, "metaworld_task"):
+        raise SystemExit(f"--bare-metaworld needs a Meta-World suite, got --env {args.env}")
+    cpu = allowed_cpus()[0]
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})  # both loops on one core, as the target asks
+    envs = args.envs or 8
+    tasks = suite.sample_tasks(np.random.default_rng(0), envs, seed=0)
+    version = getattr(metaworld, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as installed
+        version = installed("metaworld")
+    print(f"# Meta-World stepping on one core (CPU {cpu}): {args.env} ({suite.base}), metaworld "
+          f"{version}, {envs} envs (classes: {len({t.params['env_name'] for t in tasks})}), "
+          f"trials of one {suite.horizon}-step episode, random actions, fastest of {args.repeats}")
+    print(f"# {platform.processor() or platform.machine()}; python {platform.python_version()}, "
+          f"numpy {np.__version__}; load average before: {os.getloadavg()[0]:.2f}")
+    measurements = {"bare": "bare loop over metaworld's own env.step",
+                    "ours": "ours, TrialSampler in-process (0 workers)"}
+    best: dict[str, Measured] = {}
+    for _ in range(args.repeats):  # interleaved, so that other load hits both alike
+        for key, measure in (("bare", bare_metaworld_rate), ("ours", local_metaworld_rate)):
+            result = measure(args.env, tasks, args.steps)
+            if key not in best or result.rate > best[key].rate:
+                best[key] = result
+    print(f"  {'':<44} {'env steps/s':>12} {'CPU us/step':>12}")
+    for key, label in measurements.items():
+        print(f"  {label:<44} {best[key].rate:>12,.0f} {best[key].cpu_us:>12.1f}")
+    spent = best["ours"].timings
+    print(f"  time of ours: envs {spent['envs'] / spent['total']:.1%} (metaworld's step, our "
+          f"step_batch and slot bookkeeping), policy {spent['policy'] / spent['total']:.1%}, "
+          f"sampler {(spent['total'] - spent['policy'] - spent['envs']) / spent['total']:.1%}")
+    print("# ratios (target: ours >= 0.9 of bare)")
+    print(f"  ours / bare, env steps/s        {best['ours'].rate / best['bare'].rate:.3f}")
+    print(f"  bare / ours, CPU time per step  {best['bare'].cpu_us / best['ours'].cpu_us:.3f}   "
+          "little disturbed by other load")
+    if args.worker_memory:
+        print(f"# memory of one sampler worker with {envs} env slots (RSS)")
+        for stage, held, mib in worker_memory(args.env, envs):
+            print(f"  {stage:<52} {held:>4} metaworld envs {mib / 1024:>7.2f} GiB")
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+
+
+# ---------------------------------------------------------------------------------------
 def main() -> None:
     cpus = allowed_cpus()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -187,7 +330,16 @@ def main() -> None:
                         help="envs of AsyncVectorEnv, one process each (default: --envs)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure everything this many times, report the fastest (shared machines)")
+    parser.add_argument("--bare-metaworld", action="store_true",
+                        help="Meta-World: metaworld's own env.step loop against our sampler "
+                             "in-process, on one core (--envs: default 8; --steps per measurement)")
+    parser.add_argument("--worker-memory", action="store_true",
+                        help="with --bare-metaworld: the RSS of a sampler worker holding --envs "
+                             "slots once they have run every train class")
     args = parser.parse_args()
+    if args.bare_metaworld:
+        metaworld_main(args)
+        return
     envs = args.envs or 16 * max(args.workers, 1)
     async_envs = args.async_envs or envs
     cores = len(cpus)
