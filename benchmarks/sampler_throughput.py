@@ -14,7 +14,7 @@ Prints, from one run on the CPUs this process may use (restrict them with taskse
 With ``--bare-metaworld`` (a Meta-World suite) it measures instead, on one core: a plain loop
 over metaworld's own ``env.step`` and our sampler in-process on the same tasks and random
 actions, and the ratio (what our side costs on top of metaworld's); with ``--worker-memory``
-also the memory of a sampler worker once its envs hold every train class of the suite.
+also the memory of a sampler worker's env slots as training draws train tasks.
 
     python benchmarks/sampler_throughput.py --env cheetah-vel
     taskset -c 0-15 python benchmarks/sampler_throughput.py --workers 16 --envs 256
@@ -231,38 +231,57 @@ def local_metaworld_rate(env_name: str, tasks, steps: int) -> Measured:
         return Measured(done / wall, 1e6 * cpu / done, sampler.timings)
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(resident, peak resident) memory of a process in MiB (Linux /proc)."""
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process in MiB (Linux /proc)."""
     with open(f"/proc/{pid}/status") as status:
         fields = dict(line.split(":", 1) for line in status)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    return int(fields["VmRSS"].split()[0]) / 1024
 
 
-def worker_memory(env_name: str, envs: int) -> list[tuple[str, int, float]]:
-    """RSS of one sampler worker holding ``envs`` env slots: after start, after its first
-    trials (it builds the benchmark to set tasks), and once every slot has run every train
-    class (each slot keeps one metaworld env per class it has run, as in training). Returns
-    (stage, metaworld envs held, RSS MiB) rows."""
-    from trmrl.envs import make_suite
+def _memory_child(env_name: str, envs: int, rounds: int, results) -> None:
+    """Runs in a process of its own: ``envs`` env slots stepped as one sampler worker steps
+    them, through ``rounds`` rounds of train tasks drawn as training draws them; reports
+    (rounds, metaworld envs this process holds, RSS MiB) along the way."""
+    from trmrl.envs import make_suite, metaworld_suites
     from trmrl.sampling import RandomPolicy, TrialSampler
     suite = make_suite(env_name)
-    by_class = {}
-    for task in suite.tasks("train", 0):
-        by_class.setdefault(task.params["env_name"], task)
     _, action_space = suite.spaces()
     policy = RandomPolicy(action_space.low, action_space.high, seed=0)
-    rows = []
-    with TrialSampler(suite, envs, num_workers=1, horizon=1, episodes_per_trial=1) as sampler:
-        pid = sampler.worker_pids[0]
-        rows.append(("started (one env of the first class per slot)", envs, rss_mib(pid)[0]))
-        for count, task in enumerate(by_class.values(), 1):
-            sampler.run(policy, [task] * envs)  # every slot sets (and so makes) this class
-            if count == 1:
-                rows.append(("first trials (benchmark built)", envs, rss_mib(pid)[0]))
-        # the first class was made at start, so count classes, not runs
-        rows.append((f"every slot has run each train class ({len(by_class)})",
-                     envs * len(by_class), rss_mib(pid)[0]))
-    return rows
+    rng = np.random.default_rng(0)
+    checkpoints = {1, 10, 30, rounds} | set(range(100, rounds, 100))
+    with TrialSampler(suite, envs, horizon=1, episodes_per_trial=1) as sampler:
+        results.put((0, envs, rss_mib()))  # each slot's env holds one metaworld env at start
+        for done in range(1, rounds + 1):
+            sampler.run(policy, suite.sample_tasks(rng, envs, seed=0))
+            if done in checkpoints:
+                idle = sum(len(idle) for idle in metaworld_suites._IDLE_ENVS.values())
+                results.put((done, envs + idle, rss_mib()))
+    results.put(None)
+
+
+def worker_memory(env_name: str, envs: int, rounds: int) -> list[tuple[int, int, int, float]]:
+    """Memory of one sampler worker's env slots as training goes: per checkpoint (rounds of
+    trials, metaworld envs held, metaworld envs one per slot and class would hold, RSS MiB).
+    Measured in a fresh process that steps the slots as a worker does."""
+    from trmrl.envs import make_suite
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_memory_child, args=(env_name, envs, rounds, results))
+    child.start()
+    measured = []
+    while (row := results.get()) is not None:
+        measured.append(row)
+    child.join()
+    # the same tasks, counted for envs that kept one metaworld env per class they ran
+    suite, rng = make_suite(env_name), np.random.default_rng(0)
+    first_class = next(iter(suite.class_dicts()[0]))
+    seen = [{first_class} for _ in range(envs)]
+    per_slot_and_class = {0: envs}
+    for done in range(1, rounds + 1):
+        for slot, task in enumerate(suite.sample_tasks(rng, envs, seed=0)):
+            seen[slot].add(task.params["env_name"])
+        per_slot_and_class[done] = sum(len(classes) for classes in seen)
+    return [(done, held, per_slot_and_class[done], mib) for done, held, mib in measured]
 
 
 def metaworld_main(args) -> None:
@@ -306,9 +325,16 @@ def metaworld_main(args) -> None:
     print(f"  bare / ours, CPU time per step  {best['bare'].cpu_us / best['ours'].cpu_us:.3f}   "
           "little disturbed by other load")
     if args.worker_memory:
-        print(f"# memory of one sampler worker with {envs} env slots (RSS)")
-        for stage, held, mib in worker_memory(args.env, envs):
-            print(f"  {stage:<52} {held:>4} metaworld envs {mib / 1024:>7.2f} GiB")
+        print(f"# memory of one sampler worker's {envs} env slots as training goes (train tasks "
+              "drawn uniformly; a process of their own, stepping them as a worker does)")
+        print(f"  {'rounds of trials':>16} {'metaworld envs held':>20} {'(one per slot and class)':>25}"
+              f" {'RSS GiB':>8}")
+        rows = worker_memory(args.env, envs, args.memory_rounds)
+        for done, held, per_slot_and_class, mib in rows:
+            print(f"  {done:>16} {held:>20} {per_slot_and_class:>25} {mib / 1024:>8.2f}")
+        (_, held_0, _, mib_0), (_, held_n, _, mib_n) = rows[0], rows[-1]
+        if held_n > held_0:
+            print(f"  RSS per metaworld env: {(mib_n - mib_0) / (held_n - held_0):.1f} MiB")
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 
 
@@ -334,8 +360,11 @@ def main() -> None:
                         help="Meta-World: metaworld's own env.step loop against our sampler "
                              "in-process, on one core (--envs: default 8; --steps per measurement)")
     parser.add_argument("--worker-memory", action="store_true",
-                        help="with --bare-metaworld: the RSS of a sampler worker holding --envs "
-                             "slots once they have run every train class")
+                        help="with --bare-metaworld: the RSS of a sampler worker's --envs slots "
+                             "and the metaworld envs they hold, over --memory-rounds rounds")
+    parser.add_argument("--memory-rounds", type=int, default=200,
+                        help="rounds of trials (train tasks drawn as training draws them) for "
+                             "--worker-memory")
     args = parser.parse_args()
     if args.bare_metaworld:
         metaworld_main(args)

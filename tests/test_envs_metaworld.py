@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from trmrl.envs import SuiteError, Task, make_suite, suite_class  # noqa: E402
+from trmrl.envs import SuiteError, Task, make_suite, metaworld_suites, suite_class  # noqa: E402
 from trmrl.envs.base import EnvStepError  # noqa: E402
 
 ML1_NAMES = ("ml1-reach", "ml1-push", "ml1-pick-place")
@@ -217,7 +217,62 @@ def test_ml10_env_switches_across_all_classes(suites):
                 task.params["env_name"]]
             assert obs in env.observation_space
             env.step(env.action_space.sample())
-    assert len(env._instances) == 15  # one lazily made instance per class, spaces checked
+    # it holds one metaworld env at a time, of the current task's class
+    assert env._held is env.metaworld_env and env._held_name == task.params["env_name"]
+
+
+def test_envs_pass_metaworld_envs_of_a_class_on(suites, monkeypatch):
+    monkeypatch.setattr(metaworld_suites, "_IDLE_ENVS", {})
+    suite = suites["ml10"]
+    (test_task, *_), (train_task, *_) = (suite.eval_tasks(split, 0, 1) for split in ("test", "train"))
+    a, b = suite.make_env(test_task), suite.make_env(train_task)
+    testing, training = a.metaworld_env, b.metaworld_env
+    assert type(testing) is not type(training)
+    a.set_task(train_task)  # no idle metaworld env of the class: a new one; a's goes idle
+    assert a.metaworld_env not in (testing, training)
+    assert metaworld_suites._IDLE_ENVS[type(testing)] == [testing]
+    b.set_task(test_task)  # takes a's, and leaves its own
+    assert b.metaworld_env is testing
+    assert metaworld_suites._IDLE_ENVS[type(training)] == [training]
+    same_class = next(t for t in suite.tasks("test", 0)[1:]
+                      if t.params["env_name"] == test_task.params["env_name"])
+    b.set_task(same_class)  # another goal of the class keeps the metaworld env
+    assert b.metaworld_env is testing
+    b.close()
+    assert b.metaworld_env is None and testing not in metaworld_suites._IDLE_ENVS[type(testing)]
+
+
+def used_and_fresh_trials(suite, tasks, steps=60):
+    """Observations of a trial of ``tasks[1]`` on a metaworld env that ran ``tasks[0]`` for
+    ``steps`` steps first, and on a new one."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (2 * steps, 4)).astype(np.float32)
+    used = suite.make_env(tasks[0])
+    used.reset(seed=1)
+    for action in actions[:steps]:
+        used.step(action)
+    used.set_task(tasks[1])
+    fresh = suite.make_env(tasks[1])  # none of the class idle: used holds it
+    assert fresh.metaworld_env is not used.metaworld_env
+    trials = []
+    for env in (used, fresh):
+        trials.append([env.reset(seed=2)[0]] + [env.step(a)[0] for a in actions[steps:]])
+        env.close()
+    return np.array(trials)
+
+
+@pytest.mark.parametrize("benchmark", ["ml10", pytest.param("ml45", marks=pytest.mark.slow)])
+def test_a_used_metaworld_env_runs_a_task_as_a_fresh_one(suites, benchmark, monkeypatch):
+    # what lets envs pass their metaworld envs on (and a population's trial run in another
+    # slot than its own sampler's): after set_task and reset, nothing of an earlier task's
+    # episode is left, for every class (ml10: its 5 test classes; ml45: all 50 classes)
+    monkeypatch.setattr(metaworld_suites, "_IDLE_ENVS", {})
+    suite = suites[benchmark]
+    by_class = {}
+    for task in suite.tasks("test", 0) + (suite.tasks("train", 0) if benchmark == "ml45" else []):
+        by_class.setdefault(task.params["env_name"], []).append(task)
+    for name, tasks in by_class.items():
+        used, fresh = used_and_fresh_trials(suite, tasks)
+        assert np.array_equal(used, fresh), name
 
 
 @pytest.mark.slow

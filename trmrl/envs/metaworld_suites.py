@@ -105,11 +105,22 @@ def _same_box(a: gym.spaces.Box, b: gym.spaces.Box) -> bool:
             and np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high))
 
 
+# metaworld envs of this process that no MetaWorldTaskEnv holds, per class. An env that
+# switches to another class leaves its metaworld env here for the next one that needs that
+# class, so that a process holds about as many metaworld envs of a class as it runs at once,
+# not one per env slot and class: each takes ~20 MiB (its MuJoCo model), and an ML45 sampler
+# slot runs every train class in time. Any metaworld env of a class serves any task of it:
+# set_task and reset leave no trace of its earlier episodes (checked for every class by
+# tests/test_envs_metaworld.py), so which one a slot gets does not change its trials.
+_IDLE_ENVS: dict[type, list] = {}
+
+
 class MetaWorldTaskEnv(TaskEnv):
     """One env for every task of a Meta-World suite.
 
-    Holds one metaworld env instance per task class, created when a task of that class is
-    first set; ``set_task`` switches instance and goal without reloading anything.
+    Holds one metaworld env, of the current task's class; ``set_task`` to another class
+    swaps it for an idle one of that class in this process (one is made where none is idle),
+    then sets the goal, without reloading anything.
     """
 
     metadata = {"render_modes": []}
@@ -118,27 +129,38 @@ class MetaWorldTaskEnv(TaskEnv):
         self._suite = suite
         train_classes, test_classes = suite.class_dicts()
         self._classes = {**train_classes, **test_classes}
-        self._instances: dict[str, Any] = {}
         self._active = None  # the metaworld env of the current task
         self._needs_reset = True
         # Spaces come from the first train class; every other class is checked against them.
-        first = self._instance(next(iter(train_classes)))
-        self.observation_space = first.observation_space
-        self.action_space = first.action_space
+        self._held_name = next(iter(train_classes))
+        self._held = self._take(self._held_name)  # the metaworld env this env holds
+        self.observation_space = self._held.observation_space
+        self.action_space = self._held.action_space
+
+    def _take(self, env_name: str):
+        """An idle metaworld env of class ``env_name``, or a new one."""
+        env_class = self._classes[env_name]
+        idle = _IDLE_ENVS.get(env_class)
+        if idle:
+            return idle.pop()
+        env = env_class()
+        env.max_path_length = _UNLIMITED_PATH_LENGTH
+        if hasattr(self, "observation_space") and not (
+                _same_box(env.observation_space, self.observation_space)
+                and _same_box(env.action_space, self.action_space)):
+            raise RuntimeError(f"Meta-World class {env_name!r} has other spaces than the rest "
+                               f"of {self._suite.name!r}")
+        return env
 
     def _instance(self, env_name: str):
-        if env_name not in self._instances:
-            env = self._classes[env_name]()
-            env.max_path_length = _UNLIMITED_PATH_LENGTH
-            if self._instances:
-                reference = next(iter(self._instances.values()))
-                if not (_same_box(env.observation_space, reference.observation_space)
-                        and _same_box(env.action_space, reference.action_space)):
-                    raise RuntimeError(
-                        f"Meta-World class {env_name!r} has other spaces than the rest of "
-                        f"{self._suite.name!r}")
-            self._instances[env_name] = env
-        return self._instances[env_name]
+        """The metaworld env of class ``env_name`` to run a task on (held from now on)."""
+        if self._held is None or self._held_name != env_name:
+            if self._held is not None:
+                _IDLE_ENVS.setdefault(type(self._held), []).append(self._held)
+                self._held = self._active = None
+            self._held = self._take(env_name)
+            self._held_name = env_name
+        return self._held
 
     @property
     def metaworld_env(self):
@@ -184,10 +206,9 @@ class MetaWorldTaskEnv(TaskEnv):
         return self._active.step(action)
 
     def close(self) -> None:
-        for env in self._instances.values():
-            env.close()
-        self._instances.clear()
-        self._active = None
+        if self._held is not None:
+            self._held.close()
+        self._held = self._active = None
 
 
 # -- the suites -------------------------------------------------------------------------------
