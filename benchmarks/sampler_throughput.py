@@ -179,56 +179,88 @@ def async_rate(env_name: str, envs: int, steps: int, gym_id: str | None = None) 
 # ---------------------------------------------------------------------------------------
 # Meta-World: metaworld's own env.step against our sampler, on one core
 # ---------------------------------------------------------------------------------------
-def bare_metaworld_rate(env_name: str, tasks, steps: int) -> Measured:
-    """A plain loop over metaworld's own envs (one per task, from its class) with what our
-    sampler does around it: per trial ``set_task``, ``seed`` and ``reset``; per step actions
-    drawn as RandomPolicy draws them, as float32; trials of one episode."""
-    from trmrl.envs import make_suite
-    suite = make_suite(env_name)
-    train_classes, test_classes = suite.class_dicts()
-    classes = {**train_classes, **test_classes}
-    mw_tasks = [suite.metaworld_task(task) for task in tasks]
-    envs = [classes[mw_task.env_name]() for mw_task in mw_tasks]
-    _, action_space = suite.spaces()
-    low, span = action_space.low.astype(np.float64), (action_space.high - action_space.low).astype(np.float64)
-    rng = np.random.default_rng(0)
+class BareMetaWorld:
+    """A plain loop over metaworld's own envs (one per task, from its class) doing what our
+    sampler does around them: per trial ``set_task``, ``seed`` and ``reset``, per step
+    actions drawn as RandomPolicy draws them, as float32; trials of one episode."""
 
-    def trial(seed: int) -> int:
-        for env, mw_task in zip(envs, mw_tasks):
+    def __init__(self, env_name: str, tasks):
+        from trmrl.envs import make_suite
+        suite = make_suite(env_name)
+        train_classes, test_classes = suite.class_dicts()
+        classes = {**train_classes, **test_classes}
+        self.mw_tasks = [suite.metaworld_task(task) for task in tasks]
+        self.envs = [classes[mw_task.env_name]() for mw_task in self.mw_tasks]
+        self.horizon = suite.horizon
+        _, action_space = suite.spaces()
+        self.low = action_space.low.astype(np.float64)
+        self.span = action_space.high.astype(np.float64) - self.low
+        self.rng = np.random.default_rng(0)
+        self.trials = 0
+
+    def trial(self) -> int:
+        self.trials += 1
+        for env, mw_task in zip(self.envs, self.mw_tasks):
             env.set_task(mw_task)
-            env.seed(seed)
+            env.seed(self.trials)
             env.reset()
-        for _ in range(suite.horizon):
-            actions = rng.random((len(envs), len(low)))
-            actions *= span
-            actions += low
-            for env, action in zip(envs, actions.astype(np.float32)):
+        for _ in range(self.horizon):
+            actions = self.rng.random((len(self.envs), len(self.low)))
+            actions *= self.span
+            actions += self.low
+            for env, action in zip(self.envs, actions.astype(np.float32)):
                 env.step(action)
-        return len(envs) * suite.horizon
+        return len(self.envs) * self.horizon
 
-    trial(0)  # warm-up: first steps, page faults
-    done, wall, cpu = 0, time.perf_counter(), time.process_time()
-    while done < steps:
-        done += trial(done)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return Measured(done / wall, 1e6 * cpu / done)
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
 
 
-def local_metaworld_rate(env_name: str, tasks, steps: int) -> Measured:
-    """Our TrialSampler in-process on the same tasks, trials of one episode."""
-    from trmrl.envs import make_suite
-    from trmrl.sampling import RandomPolicy, TrialSampler
-    suite = make_suite(env_name)
-    _, action_space = suite.spaces()
-    policy = RandomPolicy(action_space.low, action_space.high, seed=0)
-    with TrialSampler(suite, len(tasks), episodes_per_trial=1, seed=0) as sampler:
-        sampler.run(policy, tasks)  # warm-up
-        sampler.timings = dict.fromkeys(sampler.timings, 0.0)
-        done, wall, cpu = 0, time.perf_counter(), time.process_time()
-        while done < steps:
-            done += sampler.run(policy, tasks).env_steps
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        return Measured(done / wall, 1e6 * cpu / done, sampler.timings)
+class OursInProcess:
+    """Our TrialSampler in-process (0 workers) on the same tasks, trials of one episode."""
+
+    def __init__(self, env_name: str, tasks):
+        from trmrl.envs import make_suite
+        from trmrl.sampling import RandomPolicy, TrialSampler
+        suite = make_suite(env_name)
+        _, action_space = suite.spaces()
+        self.policy = RandomPolicy(action_space.low, action_space.high, seed=0)
+        self.sampler = TrialSampler(suite, len(tasks), episodes_per_trial=1, seed=0)
+        self.tasks = tasks
+
+    def trial(self) -> int:
+        return self.sampler.run(self.policy, self.tasks).env_steps
+
+    def close(self) -> None:
+        self.sampler.close()
+
+
+def paired_metaworld_rates(env_name: str, tasks, steps: int):
+    """Trials of the bare loop and of ours in turn (after one warm-up trial each), so that
+    other load on the machine falls on both alike: (bare, ours) Measured over all trials,
+    and the medians over pairs of ours / bare in env steps/s and bare / ours in CPU time."""
+    bare, ours = BareMetaWorld(env_name, tasks), OursInProcess(env_name, tasks)
+    try:
+        bare.trial(), ours.trial()
+        ours.sampler.timings = dict.fromkeys(ours.sampler.timings, 0.0)
+        spent = {"bare": [], "ours": []}  # (env steps, wall s, CPU s) per trial
+        while sum(done for done, _, _ in spent["ours"]) < steps:
+            for key, runner in (("bare", bare), ("ours", ours)):
+                wall, cpu = time.perf_counter(), time.process_time()
+                done = runner.trial()
+                spent[key].append((done, time.perf_counter() - wall, time.process_time() - cpu))
+        totals = {key: np.sum(rows, axis=0) for key, rows in spent.items()}
+        measured = [Measured(total[0] / total[1], 1e6 * total[2] / total[0],
+                             ours.sampler.timings if key == "ours" else None)
+                    for key, total in totals.items()]
+        (bare_rows, ours_rows) = (np.array(spent[key]) for key in ("bare", "ours"))
+        rate_ratio = np.median((ours_rows[:, 0] / ours_rows[:, 1]) / (bare_rows[:, 0] / bare_rows[:, 1]))
+        cpu_ratio = np.median((bare_rows[:, 2] / bare_rows[:, 0]) / (ours_rows[:, 2] / ours_rows[:, 0]))
+        return (*measured, float(rate_ratio), float(cpu_ratio), len(ours_rows))
+    finally:
+        bare.close()
+        ours.close()
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -302,28 +334,23 @@ def metaworld_main(args) -> None:
         version = installed("metaworld")
     print(f"# Meta-World stepping on one core (CPU {cpu}): {args.env} ({suite.base}), metaworld "
           f"{version}, {envs} envs (classes: {len({t.params['env_name'] for t in tasks})}), "
-          f"trials of one {suite.horizon}-step episode, random actions, fastest of {args.repeats}")
+          f"trials of one {suite.horizon}-step episode, random actions")
     print(f"# {platform.processor() or platform.machine()}; python {platform.python_version()}, "
           f"numpy {np.__version__}; load average before: {os.getloadavg()[0]:.2f}")
-    measurements = {"bare": "bare loop over metaworld's own env.step",
-                    "ours": "ours, TrialSampler in-process (0 workers)"}
-    best: dict[str, Measured] = {}
-    for _ in range(args.repeats):  # interleaved, so that other load hits both alike
-        for key, measure in (("bare", bare_metaworld_rate), ("ours", local_metaworld_rate)):
-            result = measure(args.env, tasks, args.steps)
-            if key not in best or result.rate > best[key].rate:
-                best[key] = result
+    bare, ours, rate_ratio, cpu_ratio, pairs = paired_metaworld_rates(args.env, tasks, args.steps)
     print(f"  {'':<44} {'env steps/s':>12} {'CPU us/step':>12}")
-    for key, label in measurements.items():
-        print(f"  {label:<44} {best[key].rate:>12,.0f} {best[key].cpu_us:>12.1f}")
-    spent = best["ours"].timings
+    for label, measured in (("bare loop over metaworld's own env.step", bare),
+                            ("ours, TrialSampler in-process (0 workers)", ours)):
+        print(f"  {label:<44} {measured.rate:>12,.0f} {measured.cpu_us:>12.1f}")
+    spent = ours.timings
     print(f"  time of ours: envs {spent['envs'] / spent['total']:.1%} (metaworld's step, our "
           f"step_batch and slot bookkeeping), policy {spent['policy'] / spent['total']:.1%}, "
           f"sampler {(spent['total'] - spent['policy'] - spent['envs']) / spent['total']:.1%}")
-    print("# ratios (target: ours >= 0.9 of bare)")
-    print(f"  ours / bare, env steps/s        {best['ours'].rate / best['bare'].rate:.3f}")
-    print(f"  bare / ours, CPU time per step  {best['bare'].cpu_us / best['ours'].cpu_us:.3f}   "
-          "little disturbed by other load")
+    print(f"# ratios (target: ours >= 0.9 of bare), over all trials and as the median of {pairs} "
+          "pairs of trials run in turn")
+    print(f"  ours / bare, env steps/s        {ours.rate / bare.rate:.3f}   median {rate_ratio:.3f}")
+    print(f"  bare / ours, CPU time per step  {bare.cpu_us / ours.cpu_us:.3f}   median {cpu_ratio:.3f}"
+          "   (CPU time: little disturbed by other load)")
     if args.worker_memory:
         print(f"# memory of one sampler worker's {envs} env slots as training goes (train tasks "
               "drawn uniformly; a process of their own, stepping them as a worker does)")
@@ -358,7 +385,8 @@ def main() -> None:
                         help="measure everything this many times, report the fastest (shared machines)")
     parser.add_argument("--bare-metaworld", action="store_true",
                         help="Meta-World: metaworld's own env.step loop against our sampler "
-                             "in-process, on one core (--envs: default 8; --steps per measurement)")
+                             "in-process, on one core, trial by trial in turn (--envs: default "
+                             "8; --steps: env steps of each)")
     parser.add_argument("--worker-memory", action="store_true",
                         help="with --bare-metaworld: the RSS of a sampler worker's --envs slots "
                              "and the metaworld envs they hold, over --memory-rounds rounds")
