@@ -200,6 +200,7 @@ def cmd_rollout(args) -> None:
 def cmd_agents(args) -> None:
     from trmrl import config as cfg
     from trmrl.agents import AGENT_NAMES, PLANNED, agent_class
+    from trmrl.population import population_support
 
     agents = []
     for name in AGENT_NAMES:
@@ -211,7 +212,9 @@ def cmd_agents(args) -> None:
         agents.append({"name": name, "defaults_version": data["version"],
                        "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
                        "keys": sorted(cfg.run_keys(cls)), "defaults": per_env,
-                       "presets": data.get("presets") or {}})
+                       "presets": data.get("presets") or {},
+                       # null: `trmrl train --seed S1 S2 ...` trains seeds in one process
+                       "population": population_support(cls)})
     if args.json:
         print(json.dumps({"agents": agents, "not_implemented": list(PLANNED)}, indent=2))
         return
@@ -240,6 +243,8 @@ def cmd_agents(args) -> None:
                         if values.get(k) != v and (on_cuda or k not in DEVICE_ONLY)}
                 if diff:
                     print(f"  on {env}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in diff.items()))
+        print("  several seeds in one process (--seed S1 S2 ...): "
+              + ("yes" if agent["population"] is None else f"no: {agent['population']}"))
         if agent["presets"]:
             print("  presets (--set preset=NAME), applied over the env's defaults:")
             for preset, overrides in agent["presets"].items():
