@@ -42,10 +42,11 @@ from trmrl.errors import ConfigError
 from trmrl.ppo import KL, STATS, UpdatePhase, decay_factor, finish, minibatch_indices
 from trmrl.sampling import PolicyOutput, StepInput, TrialBatch
 
-# PPOAgent methods a population runs in its own way: a subclass that overrides one would have
-# its override skipped, so it cannot be a member
-POPULATION_RUNS = ("act", "reset", "acting_step", "update", "update_ppo", "train_iteration",
-                   "state_dict", "load_state_dict")
+# PPOAgent methods that a population runs as PPOAgent writes them (acting, the update) or that
+# a member's checkpoint is made of: an agent that overrides one acts, learns or keeps state in
+# ways of its own, which a population would skip
+POPULATION_RUNS = ("act", "reset", "update", "update_ppo", "train_iteration", "state_dict",
+                   "load_state_dict")
 # agents that are not PPO agents, and why they have no population
 NOT_PPO = {
     "maml": "MAML-TRPO is not a PPO agent: its meta-gradient (TRPO through an inner step) and "
@@ -131,17 +132,12 @@ class StackedAdamW:
         self.betas, self.eps = betas, eps
         self.exp_avg, self.exp_avg_sq, self.steps = exp_avg, exp_avg_sq, steps
         self.group_of_parameter = np.repeat(np.arange(len(groups)), [g["size"] for g in groups])
-        self.order = sorted(range(len(spans)), key=lambda j: spans[j][0])  # in flat's order
+        self.order = in_flat_order(spans)
         self.state_first = {}  # parameter -> its first column in the state
         first = 0
         for j in self.order:
             self.state_first[j] = first
             first += spans[j][1]
-
-    @classmethod
-    def state_columns(cls, spans: list[tuple[int, int]]) -> list[int]:
-        """The order of the parameters' columns in the state: ``flat``'s."""
-        return sorted(range(len(spans)), key=lambda j: spans[j][0])
 
     @torch.no_grad()
     def step(self, grads: torch.Tensor, stepping: np.ndarray) -> None:
@@ -210,7 +206,7 @@ class StackedAdamW:
                   for g, group in enumerate(template)]
         spans = [span_of[0][id(p)] for group in template for p in group["params"]]
         members = [[p for group in opt.param_groups for p in group["params"]] for opt in optimizers]
-        order = cls.state_columns(spans)
+        order = in_flat_order(spans)
 
         def moment(name):  # [K, columns]: the members' state, zeros where there is none yet
             return torch.stack([torch.cat([opt.state[params[j]][name].detach().reshape(-1)
@@ -247,6 +243,11 @@ class StackedAdamW:
             else:  # as torch's lazy initialisation makes them (a CPU step count)
                 optimizer.state[param] = {"step": torch.tensor(float(steps), dtype=scalar_dtype()),
                                           "exp_avg": exp_avg.clone(), "exp_avg_sq": exp_avg_sq.clone()}
+
+
+def in_flat_order(spans: list[tuple[int, int]]) -> list[int]:
+    """The parameters (indices into ``spans``) in the order of their columns."""
+    return sorted(range(len(spans)), key=lambda j: spans[j][0])
 
 
 def adamw_update(param, grad, exp_avg, exp_avg_sq, decay, step_size, correction2,
@@ -303,17 +304,12 @@ def member_loss(model: nn.Module, loss: Callable) -> Callable:
 def split_batch(batch: TrialBatch, parts: int) -> list[TrialBatch]:
     """A member-major batch of ``parts`` x N trials as ``parts`` batches of N (views)."""
     n = batch.num_trials // parts
-    def rows(k):
-        fields = {}
-        for field in dataclasses.fields(batch):
-            value = getattr(batch, field.name)
-            if field.name == "tasks":
-                fields[field.name] = value[k * n:(k + 1) * n]
-            elif field.name == "extras":
-                fields[field.name] = {key: v[k * n:(k + 1) * n] for key, v in value.items()}
-            else:
-                fields[field.name] = value[k * n:(k + 1) * n]
-        return TrialBatch(**fields)
+
+    def rows(k: int) -> TrialBatch:
+        rows = slice(k * n, (k + 1) * n)
+        fields = {field.name: getattr(batch, field.name)[rows]
+                  for field in dataclasses.fields(batch) if field.name != "extras"}
+        return TrialBatch(**fields, extras={key: v[rows] for key, v in batch.extras.items()})
     return [rows(k) for k in range(parts)]
 
 
@@ -345,7 +341,7 @@ class Population:
         if not 0 <= index < self.size:
             raise IndexError(f"member {index} of a population of {self.size}")
         if self.size == 1:
-            raise ConfigError("a population keeps at least one member")
+            raise ValueError("a population keeps at least one member")
         agent = self.members.pop(index)
         keep = [k for k in range(self.size + 1) if k != index]
         self.memory = {key: value[keep] for key, value in self.memory.items()}
@@ -462,6 +458,7 @@ class Population:
         samples = [member.timestep_samples(batch) for member, batch in zip(members, batches)]
         counts = [int(s["logp"].shape[0]) for s in samples]
         stacked = {key: pad_stack([s[key] for s in samples]) for key in samples[0]}
+        del samples  # the stacked copy is enough (a full Meta-World batch: ~0.1 GB a member)
 
         clocks = np.array([[phase.steps for phase in member.phases] for member in members])
         results: list[list[tuple[torch.Tensor, int]]] = [[] for _ in members]
