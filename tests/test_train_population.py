@@ -58,7 +58,8 @@ def test_a_population_writes_each_seeds_run_directory_as_training_it_alone(alone
         np.testing.assert_allclose(returns(batched), returns(solo), rtol=0.05)
         # the first update learns from identical trials: its losses agree to float32 rounding
         # of the minibatch sums (12 minibatch steps)
-        first_solo, first_batched = rows(alone / "metrics.csv")[1], rows(together / "metrics.csv")[1]
+        first_solo = rows(alone / "metrics.csv")[1]
+        first_batched = rows(together / "metrics.csv")[1]
         np.testing.assert_allclose(np.array(first_batched[2:], float),
                                    np.array(first_solo[2:], float), rtol=1e-4)
         state = torch.load(together / "checkpoint.pt", weights_only=False)
@@ -87,12 +88,14 @@ def test_a_population_member_resumes_alone_and_the_population_catches_it_up(
     assert rows(ahead / "progress.csv")[:len(seed1_before)] == seed1_before
     for seed in (0, 1):
         table = rows(tmp_path / f"together{seed}" / "progress.csv")
-        assert sorted({int(r[0]) for r in table[1:] if r[1] == "test"}) == [0, 160, 320, 480, 640, 800]
+        tested = sorted({int(r[0]) for r in table[1:] if r[1] == "test"})
+        assert tested == [0, 160, 320, 480, 640, 800]
         assert torch.load(tmp_path / f"together{seed}" / "checkpoint.pt",
                           weights_only=False)["iteration"] == 10
 
 
-def test_sigkill_and_resume_of_a_population_reproduce_it_uninterrupted(alone_and_together, tmp_path):
+def test_sigkill_and_resume_of_a_population_reproduce_it_uninterrupted(alone_and_together,
+                                                                         tmp_path):
     reference = alone_and_together / "together{seed}"
     killed = tmp_path / "killed{seed}"
     sigkill_after_progress(population_args(killed), tmp_path / "killed0", lines=10)

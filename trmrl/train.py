@@ -34,6 +34,7 @@ from trmrl import config as cfg
 from trmrl.agents import Agent, agent_class, check_agent_name
 from trmrl.envs import SuiteError, TaskSuite, check_env_name, make_suite
 from trmrl.errors import ConfigError, RunError, Terminated, TrainingDiverged, UserError
+from trmrl.population import Population, population_support
 from trmrl.rundir import (CHECKPOINT, CONFIG, METRICS, PROGRESS, RunLock, check_dir_writable,
                           is_fresh, load_checkpoint_file, remove_leftovers)
 from trmrl.sampling import TrialSampler
@@ -462,8 +463,6 @@ def _save_checkpoints(runs: list[_Run], wall_s: list[float]) -> None:
 def check_population(specs: list[RunSpec], run_dirs: list[Path]) -> None:
     """Several runs in one process: one agent x env with equal hyperparameters and trainer
     settings, distinct seeds and directories, and an agent that can form a population."""
-    from trmrl.population import population_support
-
     first = specs[0]
     seeds = [spec.seed for spec in specs]
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
@@ -619,7 +618,6 @@ class _Collector:
         if len(group) == 1:
             self.policy = group[0].agent
         else:
-            from trmrl.population import Population
             self.policy = Population([run.agent for run in group])
         self.group = list(group)
 
@@ -661,7 +659,6 @@ def _train_locked(runs: list[_Run]) -> list[dict[str, Any]]:
             run.agent = build_agent(run.spec, suite)
             check_against_suite(run.spec, suite)
         if len(runs) > 1:
-            from trmrl.population import population_support
             reason = population_support(runs[0].agent)  # e.g. CUDA graphs on a GPU
             if reason is not None:
                 raise ConfigError(f"agent {first.agent} cannot train several seeds in one process "
