@@ -11,8 +11,15 @@ Prints, from one run on the CPUs this process may use (restrict them with taskse
   disturbs much less than the rates, and where the sampler's time went;
 * the ratios the issue judges: ours / (cores x single-core raw) and ours / AsyncVectorEnv.
 
+With ``--bare-metaworld`` (a Meta-World suite) it measures instead, on one core: a plain loop
+over metaworld's own ``env.step`` and our sampler in-process on the same tasks and random
+actions, and the ratio (what our side costs on top of metaworld's); with ``--worker-memory``
+also the memory of a sampler worker's env slots as training draws train tasks.
+
     python benchmarks/sampler_throughput.py --env cheetah-vel
     taskset -c 0-15 python benchmarks/sampler_throughput.py --workers 16 --envs 256
+    python benchmarks/sampler_throughput.py --env ml1-reach --bare-metaworld --envs 8
+    python benchmarks/sampler_throughput.py --env ml45 --bare-metaworld --worker-memory
 """
 
 from __future__ import annotations
@@ -170,6 +177,195 @@ def async_rate(env_name: str, envs: int, steps: int, gym_id: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------
+# Meta-World: metaworld's own env.step against our sampler, on one core
+# ---------------------------------------------------------------------------------------
+class BareMetaWorld:
+    """A plain loop over metaworld's own envs (one per task, from its class) doing what our
+    sampler does around them: per trial ``set_task``, ``seed`` and ``reset``, per step
+    actions drawn as RandomPolicy draws them, as float32; trials of one episode."""
+
+    def __init__(self, env_name: str, tasks):
+        from trmrl.envs import make_suite
+        suite = make_suite(env_name)
+        train_classes, test_classes = suite.class_dicts()
+        classes = {**train_classes, **test_classes}
+        self.mw_tasks = [suite.metaworld_task(task) for task in tasks]
+        self.envs = [classes[mw_task.env_name]() for mw_task in self.mw_tasks]
+        self.horizon = suite.horizon
+        _, action_space = suite.spaces()
+        self.low = action_space.low.astype(np.float64)
+        self.span = action_space.high.astype(np.float64) - self.low
+        self.rng = np.random.default_rng(0)
+        self.trials = 0
+
+    def trial(self) -> int:
+        self.trials += 1
+        for env, mw_task in zip(self.envs, self.mw_tasks):
+            env.set_task(mw_task)
+            env.seed(self.trials)
+            env.reset()
+        for _ in range(self.horizon):
+            actions = self.rng.random((len(self.envs), len(self.low)))
+            actions *= self.span
+            actions += self.low
+            for env, action in zip(self.envs, actions.astype(np.float32)):
+                env.step(action)
+        return len(self.envs) * self.horizon
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class OursInProcess:
+    """Our TrialSampler in-process (0 workers) on the same tasks, trials of one episode."""
+
+    def __init__(self, env_name: str, tasks):
+        from trmrl.envs import make_suite
+        from trmrl.sampling import RandomPolicy, TrialSampler
+        suite = make_suite(env_name)
+        _, action_space = suite.spaces()
+        self.policy = RandomPolicy(action_space.low, action_space.high, seed=0)
+        self.sampler = TrialSampler(suite, len(tasks), episodes_per_trial=1, seed=0)
+        self.tasks = tasks
+
+    def trial(self) -> int:
+        return self.sampler.run(self.policy, self.tasks).env_steps
+
+    def close(self) -> None:
+        self.sampler.close()
+
+
+def paired_metaworld_rates(env_name: str, tasks, steps: int):
+    """Trials of the bare loop and of ours in turn (after one warm-up trial each), so that
+    other load on the machine falls on both alike: (bare, ours) Measured over all trials,
+    and the medians over pairs of ours / bare in env steps/s and bare / ours in CPU time."""
+    bare, ours = BareMetaWorld(env_name, tasks), OursInProcess(env_name, tasks)
+    try:
+        bare.trial(), ours.trial()
+        ours.sampler.timings = dict.fromkeys(ours.sampler.timings, 0.0)
+        spent = {"bare": [], "ours": []}  # (env steps, wall s, CPU s) per trial
+        while sum(done for done, _, _ in spent["ours"]) < steps:
+            for key, runner in (("bare", bare), ("ours", ours)):
+                wall, cpu = time.perf_counter(), time.process_time()
+                done = runner.trial()
+                spent[key].append((done, time.perf_counter() - wall, time.process_time() - cpu))
+        totals = {key: np.sum(rows, axis=0) for key, rows in spent.items()}
+        measured = [Measured(total[0] / total[1], 1e6 * total[2] / total[0],
+                             ours.sampler.timings if key == "ours" else None)
+                    for key, total in totals.items()]
+        (bare_rows, ours_rows) = (np.array(spent[key]) for key in ("bare", "ours"))
+        rate_ratio = np.median((ours_rows[:, 0] / ours_rows[:, 1]) / (bare_rows[:, 0] / bare_rows[:, 1]))
+        cpu_ratio = np.median((bare_rows[:, 2] / bare_rows[:, 0]) / (ours_rows[:, 2] / ours_rows[:, 0]))
+        return (*measured, float(rate_ratio), float(cpu_ratio), len(ours_rows))
+    finally:
+        bare.close()
+        ours.close()
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of a process in MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmRSS"].split()[0]) / 1024
+
+
+def _memory_child(env_name: str, envs: int, rounds: int, results) -> None:
+    """Runs in a process of its own: ``envs`` env slots stepped as one sampler worker steps
+    them, through ``rounds`` rounds of train tasks drawn as training draws them; reports
+    (rounds, metaworld envs this process holds, RSS MiB) along the way."""
+    from trmrl.envs import make_suite, metaworld_suites
+    from trmrl.sampling import RandomPolicy, TrialSampler
+    suite = make_suite(env_name)
+    _, action_space = suite.spaces()
+    policy = RandomPolicy(action_space.low, action_space.high, seed=0)
+    rng = np.random.default_rng(0)
+    checkpoints = {1, 10, 30, rounds} | set(range(100, rounds, 100))
+    with TrialSampler(suite, envs, horizon=1, episodes_per_trial=1) as sampler:
+        results.put((0, envs, rss_mib()))  # each slot's env holds one metaworld env at start
+        for done in range(1, rounds + 1):
+            sampler.run(policy, suite.sample_tasks(rng, envs, seed=0))
+            if done in checkpoints:
+                idle = sum(len(idle) for idle in metaworld_suites._IDLE_ENVS.values())
+                results.put((done, envs + idle, rss_mib()))
+    results.put(None)
+
+
+def worker_memory(env_name: str, envs: int, rounds: int) -> list[tuple[int, int, int, float]]:
+    """Memory of one sampler worker's env slots as training goes: per checkpoint (rounds of
+    trials, metaworld envs held, metaworld envs one per slot and class would hold, RSS MiB).
+    Measured in a fresh process that steps the slots as a worker does."""
+    from trmrl.envs import make_suite
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_memory_child, args=(env_name, envs, rounds, results))
+    child.start()
+    measured = []
+    while (row := results.get()) is not None:
+        measured.append(row)
+    child.join()
+    # the same tasks, counted for envs that kept one metaworld env per class they ran
+    suite, rng = make_suite(env_name), np.random.default_rng(0)
+    first_class = next(iter(suite.class_dicts()[0]))
+    seen = [{first_class} for _ in range(envs)]
+    per_slot_and_class = {0: envs}
+    for done in range(1, rounds + 1):
+        for slot, task in enumerate(suite.sample_tasks(rng, envs, seed=0)):
+            seen[slot].add(task.params["env_name"])
+        per_slot_and_class[done] = sum(len(classes) for classes in seen)
+    return [(done, held, per_slot_and_class[done], mib) for done, held, mib in measured]
+
+
+def metaworld_main(args) -> None:
+    import metaworld
+
+    from trmrl.envs import make_suite
+    suite = make_suite(args.env)
+    if not hasattr(suite, "metaworld_task"):
+        raise SystemExit(f"--bare-metaworld needs a Meta-World suite, got --env {args.env}")
+    cpu = allowed_cpus()[0]
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})  # both loops on one core, as the target asks
+    envs = args.envs or 8
+    tasks = suite.sample_tasks(np.random.default_rng(0), envs, seed=0)
+    version = getattr(metaworld, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as installed
+        version = installed("metaworld")
+    print(f"# Meta-World stepping on one core (CPU {cpu}): {args.env} ({suite.base}), metaworld "
+          f"{version}, {envs} envs (classes: {len({t.params['env_name'] for t in tasks})}), "
+          f"trials of one {suite.horizon}-step episode, random actions")
+    print(f"# {platform.processor() or platform.machine()}; python {platform.python_version()}, "
+          f"numpy {np.__version__}; load average before: {os.getloadavg()[0]:.2f}")
+    bare, ours, rate_ratio, cpu_ratio, pairs = paired_metaworld_rates(args.env, tasks, args.steps)
+    print(f"  {'':<44} {'env steps/s':>12} {'CPU us/step':>12}")
+    for label, measured in (("bare loop over metaworld's own env.step", bare),
+                            ("ours, TrialSampler in-process (0 workers)", ours)):
+        print(f"  {label:<44} {measured.rate:>12,.0f} {measured.cpu_us:>12.1f}")
+    spent = ours.timings
+    print(f"  time of ours: envs {spent['envs'] / spent['total']:.1%} (metaworld's step, our "
+          f"step_batch and slot bookkeeping), policy {spent['policy'] / spent['total']:.1%}, "
+          f"sampler {(spent['total'] - spent['policy'] - spent['envs']) / spent['total']:.1%}")
+    print(f"# ratios (target: ours >= 0.9 of bare), over all trials and as the median of {pairs} "
+          "pairs of trials run in turn")
+    print(f"  ours / bare, env steps/s        {ours.rate / bare.rate:.3f}   median {rate_ratio:.3f}")
+    print(f"  bare / ours, CPU time per step  {bare.cpu_us / ours.cpu_us:.3f}   median {cpu_ratio:.3f}"
+          "   (CPU time: little disturbed by other load)")
+    if args.worker_memory:
+        print(f"# memory of one sampler worker's {envs} env slots as training goes (train tasks "
+              "drawn uniformly; a process of their own, stepping them as a worker does)")
+        print(f"  {'rounds of trials':>16} {'metaworld envs held':>20} {'(one per slot and class)':>25}"
+              f" {'RSS GiB':>8}")
+        rows = worker_memory(args.env, envs, args.memory_rounds)
+        for done, held, per_slot_and_class, mib in rows:
+            print(f"  {done:>16} {held:>20} {per_slot_and_class:>25} {mib / 1024:>8.2f}")
+        (_, held_0, _, mib_0), (_, held_n, _, mib_n) = rows[0], rows[-1]
+        if held_n > held_0:
+            print(f"  RSS per metaworld env: {(mib_n - mib_0) / (held_n - held_0):.1f} MiB")
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+
+
+# ---------------------------------------------------------------------------------------
 def main() -> None:
     cpus = allowed_cpus()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -187,7 +383,20 @@ def main() -> None:
                         help="envs of AsyncVectorEnv, one process each (default: --envs)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="measure everything this many times, report the fastest (shared machines)")
+    parser.add_argument("--bare-metaworld", action="store_true",
+                        help="Meta-World: metaworld's own env.step loop against our sampler "
+                             "in-process, on one core, trial by trial in turn (--envs: default "
+                             "8; --steps: env steps of each)")
+    parser.add_argument("--worker-memory", action="store_true",
+                        help="with --bare-metaworld: the RSS of a sampler worker's --envs slots "
+                             "and the metaworld envs they hold, over --memory-rounds rounds")
+    parser.add_argument("--memory-rounds", type=int, default=200,
+                        help="rounds of trials (train tasks drawn as training draws them) for "
+                             "--worker-memory")
     args = parser.parse_args()
+    if args.bare_metaworld:
+        metaworld_main(args)
+        return
     envs = args.envs or 16 * max(args.workers, 1)
     async_envs = args.async_envs or envs
     cores = len(cpus)

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from trmrl.envs import SuiteError, Task, make_suite, suite_class  # noqa: E402
+from trmrl.envs import SuiteError, Task, make_suite, metaworld_suites, suite_class  # noqa: E402
+from trmrl.envs.base import EnvStepError  # noqa: E402
 
 ML1_NAMES = ("ml1-reach", "ml1-push", "ml1-pick-place")
 ALL_NAMES = (*ML1_NAMES, "ml10", "ml45")
@@ -216,7 +217,62 @@ def test_ml10_env_switches_across_all_classes(suites):
                 task.params["env_name"]]
             assert obs in env.observation_space
             env.step(env.action_space.sample())
-    assert len(env._instances) == 15  # one lazily made instance per class, spaces checked
+    # it holds one metaworld env at a time, of the current task's class
+    assert env._held is env.metaworld_env and env._held_name == task.params["env_name"]
+
+
+def test_envs_pass_metaworld_envs_of_a_class_on(suites, monkeypatch):
+    monkeypatch.setattr(metaworld_suites, "_IDLE_ENVS", {})
+    suite = suites["ml10"]
+    (test_task, *_), (train_task, *_) = (suite.eval_tasks(split, 0, 1) for split in ("test", "train"))
+    a, b = suite.make_env(test_task), suite.make_env(train_task)
+    testing, training = a.metaworld_env, b.metaworld_env
+    assert type(testing) is not type(training)
+    a.set_task(train_task)  # no idle metaworld env of the class: a new one; a's goes idle
+    assert a.metaworld_env not in (testing, training)
+    assert metaworld_suites._IDLE_ENVS[type(testing)] == [testing]
+    b.set_task(test_task)  # takes a's, and leaves its own
+    assert b.metaworld_env is testing
+    assert metaworld_suites._IDLE_ENVS[type(training)] == [training]
+    same_class = next(t for t in suite.tasks("test", 0)[1:]
+                      if t.params["env_name"] == test_task.params["env_name"])
+    b.set_task(same_class)  # another goal of the class keeps the metaworld env
+    assert b.metaworld_env is testing
+    b.close()
+    assert b.metaworld_env is None and testing not in metaworld_suites._IDLE_ENVS[type(testing)]
+
+
+def used_and_fresh_trials(suite, tasks, steps=60):
+    """Observations of a trial of ``tasks[1]`` on a metaworld env that ran ``tasks[0]`` for
+    ``steps`` steps first, and on a new one."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (2 * steps, 4)).astype(np.float32)
+    used = suite.make_env(tasks[0])
+    used.reset(seed=1)
+    for action in actions[:steps]:
+        used.step(action)
+    used.set_task(tasks[1])
+    fresh = suite.make_env(tasks[1])  # none of the class idle: used holds it
+    assert fresh.metaworld_env is not used.metaworld_env
+    trials = []
+    for env in (used, fresh):
+        trials.append([env.reset(seed=2)[0]] + [env.step(a)[0] for a in actions[steps:]])
+        env.close()
+    return np.array(trials)
+
+
+@pytest.mark.parametrize("benchmark", ["ml10", pytest.param("ml45", marks=pytest.mark.slow)])
+def test_a_used_metaworld_env_runs_a_task_as_a_fresh_one(suites, benchmark, monkeypatch):
+    # what lets envs pass their metaworld envs on (and a population's trial run in another
+    # slot than its own sampler's): after set_task and reset, nothing of an earlier task's
+    # episode is left, for every class (ml10: its 5 test classes; ml45: all 50 classes)
+    monkeypatch.setattr(metaworld_suites, "_IDLE_ENVS", {})
+    suite = suites[benchmark]
+    by_class = {}
+    for task in suite.tasks("test", 0) + (suite.tasks("train", 0) if benchmark == "ml45" else []):
+        by_class.setdefault(task.params["env_name"], []).append(task)
+    for name, tasks in by_class.items():
+        used, fresh = used_and_fresh_trials(suite, tasks)
+        assert np.array_equal(used, fresh), name
 
 
 @pytest.mark.slow
@@ -248,3 +304,80 @@ def test_task_features_tell_goals_and_classes_apart():
     features = np.stack([ml10.task_features(t) for t in tasks])
     assert features.shape == (5, 15 + 12)
     assert (features[:, :15].sum(1) == 1).all() and len({f.argmax() for f in features[:, :15]}) == 5
+
+
+# -- our stepping is metaworld's own -----------------------------------------------------------
+
+def bare_metaworld_env(suite, mw_task):
+    """A metaworld env of the task's class, made and set as a plain metaworld user would."""
+    import metaworld
+    classes = (metaworld.env_dict.ML10_V3 if suite.benchmark == "ML10"
+               else {"train": metaworld.env_dict.ALL_V3_ENVIRONMENTS, "test": {}})
+    env = {**classes["train"], **classes["test"]}[mw_task.env_name]()
+    env.set_task(mw_task)
+    return env
+
+
+@pytest.mark.parametrize("name", ["ml1-push", "ml10"])
+def test_sampled_trials_are_metaworlds_own_steps(suites, name):
+    # The sampler's observations, rewards and successes equal those of a bare metaworld env
+    # stepped with the same actions, clipped to the box (the policy draws beyond it), and
+    # reset as the sampler resets: exact, since both run metaworld's step on the same state.
+    import metaworld
+
+    from trmrl.sampling import RandomPolicy, TrialSampler
+    suite = suites[name]
+    tasks = suite.eval_tasks("test", 0, 3)  # ml10: three classes in one sampler's envs
+    if name == "ml10":
+        mw_tasks = [suite.metaworld_task(task) for task in tasks]
+    else:  # the goals as metaworld's own benchmark object gives them
+        benchmark = metaworld.ML1(suite.ml1_env_name, seed=0)
+        mw_tasks = [benchmark.test_tasks[task.index] for task in tasks]
+    _, act_space = suite.spaces()
+    horizon, episodes = 40, 2
+    policy = RandomPolicy(1.5 * act_space.low, 1.5 * act_space.high, seed=0)
+    with TrialSampler(suite, num_envs=2, horizon=horizon, episodes_per_trial=episodes,
+                      seed=5) as sampler:  # 3 tasks on 2 slots: two rounds
+        batch = sampler.run(policy, tasks)
+    assert (np.abs(batch.action) > 1).any()
+    for row, mw_task in enumerate(mw_tasks):
+        env = bare_metaworld_env(suite, mw_task)
+        for episode in range(episodes):
+            env.seed(sampler.reset_seed(call=0, trial=row, episode=episode))
+            obs, _ = env.reset()
+            steps = slice(episode * horizon, (episode + 1) * horizon)
+            assert np.array_equal(batch.obs[row, steps.start], obs.astype(np.float32))
+            rewards = []
+            for t in range(steps.start, steps.stop):
+                obs, reward, _, _, info = env.step(np.clip(batch.action[row, t], -1, 1))
+                rewards.append(reward)
+                assert np.array_equal(batch.next_obs[row, t], obs.astype(np.float32))
+                assert batch.reward[row, t] == np.float32(reward)
+                assert batch.success[row, t] == info["success"]
+            # float64 rewards, summed in step order as the sampler sums them
+            assert batch.episode_return[row, episode] == np.cumsum(rewards)[-1]
+
+
+def test_step_batch_is_metaworlds_step_in_float64(suites):
+    suite = suites["ml10"]
+    tasks = suite.eval_tasks("train", 0, 4)
+    ours = [suite.make_env(task) for task in tasks]
+    bare = [bare_metaworld_env(suite, suite.metaworld_task(task)) for task in tasks]
+    for env in (*ours, *bare):
+        env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        actions = rng.uniform(-1.5, 1.5, (4, 4)).astype(np.float32)
+        obs, reward, terminated, success = suite.step_batch(ours, actions)
+        want = [env.step(np.clip(a, -1, 1)) for env, a in zip(bare, actions)]
+        assert obs.dtype == reward.dtype == success.dtype == np.float64
+        assert np.array_equal(obs, np.stack([w[0] for w in want]))
+        assert np.array_equal(reward, [w[1] for w in want])
+        assert np.array_equal(terminated, [w[2] for w in want])
+        assert np.array_equal(success, [w[4]["success"] for w in want])
+    ours[2]._needs_reset = True  # as after set_task: the batch names the env that cannot step
+    with pytest.raises(EnvStepError) as caught:
+        suite.step_batch(ours, actions)
+    assert caught.value.index == 2 and "before set_task and reset" in str(caught.value.__cause__)
+    with pytest.raises(ValueError, match=r"actions must have shape \(4, 4\), got \(3, 4\)"):
+        suite.step_batch(ours, actions[:3])

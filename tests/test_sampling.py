@@ -416,6 +416,120 @@ def test_workers_die_with_a_killed_parent_and_leave_no_shared_memory(tmp_path):
         assert not [name for name in set(os.listdir("/dev/shm")) - shm if name.startswith(("pym", "psm"))]
 
 
+# ---------------------------------------------------------------------------------------
+# A population: K member seeds stepped by one sampler
+# ---------------------------------------------------------------------------------------
+class ObsPolicy(ScriptedPolicy):
+    """Memoryless and deterministic: the action and an extra are functions of the
+    observation alone, so a row's trial cannot depend on which other rows share its step."""
+
+    def __init__(self, act_dim):
+        super().__init__(lambda s: np.tanh(s.obs[:, :act_dim] + 0.3).astype(np.float32))
+
+    def act(self, step, deterministic=False):
+        out = super().act(step, deterministic)
+        return PolicyOutput(out.action, {"obs_sum": step.obs.sum(1)})
+
+    def acting_view(self):
+        return self
+
+
+SEEDS = (3, 7)
+
+
+def _member_tasks(suite, per_member):
+    """Member-major tasks: member k's L tasks differ from the others'."""
+    rng = np.random.default_rng(5)
+    return [suite.sample_tasks(rng, per_member) for _ in SEEDS]
+
+
+@pytest.mark.parametrize("make, kwargs", [
+    (lambda: ToySuite(), {}),
+    (lambda: make_suite("hopper-params"), {"horizon": 40, "episodes_per_trial": 3}),  # falls
+], ids=["toy", "hopper-params"])
+@pytest.mark.parametrize("workers, pipeline", [(0, False), (2, False), (2, True)],
+                         ids=["in-process", "workers", "pipelined"])
+def test_each_member_of_a_population_gets_the_trials_of_its_own_sampler(make, kwargs, workers,
+                                                                      pipeline):
+    # 5 tasks per member on 3 slots per member: rounds of 3 and 2 trials of every member;
+    # pipelined, halves of 2 + 1 slots per member, the last round 2 + 0
+    suite = make()
+    _, act_space = suite.spaces()
+    per_member = 5
+    member_tasks = _member_tasks(suite, per_member)
+    policy = ObsPolicy(act_space.shape[0])
+    with TrialSampler(suite, num_envs=3 * len(SEEDS), num_workers=workers, seed=list(SEEDS),
+                      pipeline=pipeline, **kwargs) as sampler:
+        assert sampler.pipeline == pipeline and sampler.seeds == SEEDS
+        calls = [sampler.run(policy, [t for tasks in member_tasks for t in tasks])
+                 for _ in range(2)]
+        assert sampler.calls == 2
+    for seed, tasks, k in zip(SEEDS, member_tasks, range(len(SEEDS))):
+        # the reference: one sampler per seed, another slot count, no rounds
+        with TrialSampler(suite, num_envs=per_member, seed=seed, **kwargs) as alone:
+            expected = [alone.run(ObsPolicy(act_space.shape[0]), tasks) for _ in range(2)]
+        for batch, want in zip(calls, expected):
+            _assert_same_batches(batch.split(len(SEEDS))[k], want)
+    assert not np.array_equal(calls[0].obs[:, 0], calls[1].obs[:, 0])  # fresh resets per call
+    if suite.name == "hopper-params":
+        assert not calls[0].valid.all()  # trials end at different steps
+
+    # the policy acts for K equal member blocks: the first steps of the first round
+    # (pipelined: two member-major halves, trials 0-1 and 2 of every member; the last round
+    # of 2 trials per member fits in the first half)
+    blocks = [(0, 2), (2, 3)] if pipeline else [(0, 3)]
+    for step, (lo, hi) in zip(policy.inputs, blocks):
+        np.testing.assert_array_equal(step.task_features, np.stack(
+            [suite.task_features(t) for tasks in member_tasks for t in tasks[lo:hi]]))
+    assert policy.resets == ([4, 2, 4] if pipeline else [6, 4]) * 2
+
+
+def test_a_population_of_one_is_a_plain_sampler():
+    suite = ToySuite(fall_at=3)
+    tasks = suite.tasks("test", 0, 5)
+    with TrialSampler(suite, num_envs=2, seed=[4]) as one, TrialSampler(suite, 2, seed=4) as plain:
+        assert one.seed == 4 and one.members == 1
+        _assert_same_batches(one.run(counting_policy(), tasks), plain.run(counting_policy(), tasks))
+
+
+def test_trial_batch_split_gives_member_blocks():
+    suite = ToySuite()
+    tasks = suite.tasks("test", 0, 6)
+    with TrialSampler(suite, num_envs=6, seed=[1, 2, 3]) as sampler:
+        batch = sampler.run(ObsPolicy(1), tasks)
+    parts = batch.split(3)
+    assert [p.num_trials for p in parts] == [2, 2, 2]
+    assert [t.index for p in parts for t in p.tasks] == list(range(6))
+    np.testing.assert_array_equal(np.concatenate([p.obs for p in parts]), batch.obs)
+    np.testing.assert_array_equal(parts[2].extras["obs_sum"], batch.extras["obs_sum"][4:])
+    assert batch.split(1)[0].num_trials == 6
+    for members in (4, 0, True):
+        with pytest.raises(ValueError, match=f"6 trials into {members!r} equal"):
+            batch.split(members)
+
+
+def test_population_sampler_errors():
+    suite = ToySuite()
+    with pytest.raises(SuiteError, match="num_envs must be a multiple of the 2 member seeds.*got 3"):
+        TrialSampler(suite, num_envs=3, seed=[1, 2])
+    for bad in ([], [1, -2], "12", [True], 1.5, [1.0]):
+        with pytest.raises(SuiteError, match="seed must be a non-negative integer or a non-empty"):
+            TrialSampler(suite, num_envs=2, seed=bad)
+    with TrialSampler(suite, num_envs=4, seed=(1, 2)) as sampler:
+        with pytest.raises(SuiteError, match="5 tasks for 2 member seeds: .*2 equal blocks"):
+            sampler.run(counting_policy(), suite.tasks("test", 0, 5))
+        with pytest.raises(TypeError, match=r"population of 2 seeds \[1, 2\]: read .seeds"):
+            sampler.seed
+        assert sampler.reset_seed(0, 1, 2, member=1) == env_slots.reset_seed(2, 0, 1, 2)
+
+
+def test_population_halves_hold_every_member():
+    assert env_slots.group_bounds(6, 2, members=2) == [(0, 4), (4, 6)]
+    assert env_slots.group_bounds(9, 2, members=3) == [(0, 6), (6, 9)]
+    assert env_slots.group_bounds(4, 2, members=4) == [(0, 4)]  # one slot each: no halves
+    assert env_slots.group_bounds(5, 2) == [(0, 3), (3, 5)]
+
+
 @pytest.mark.parametrize("kwargs, word", [({"horizon": 0}, "horizon"),
                                           ({"episodes_per_trial": -1}, "episodes_per_trial"),
                                           ({"num_envs": 0}, "num_envs"),

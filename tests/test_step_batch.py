@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from toy_suite import ToySuite
-from trmrl.env_slots import EnvSlots, SlotArrays
+from trmrl.env_slots import EnvSlots, SlotArrays, SlotTrial
 from trmrl.envs import Task, TaskSuite, make_suite
 from trmrl.envs.base import EnvStepError
 from trmrl.sampling import RandomPolicy, SamplerError, TrialSampler
@@ -129,9 +129,10 @@ def test_sampler_names_the_slots_when_the_batch_code_fails():
 
 def test_sampler_names_the_slot_of_a_failing_env_among_idle_slots():
     suite = ToySuite()
-    slots = EnvSlots(suite, SlotArrays(3, 2, 1), 0, 3, horizon=5, episodes_per_trial=1, seed=0)
+    slots = EnvSlots(suite, SlotArrays(3, 2, 1), 0, 3, horizon=5, episodes_per_trial=1)
     broken = Task("toy", "test", 9, {}, "no target")  # ToyEnv.step raises KeyError('target')
-    slots.start_round(suite.tasks("test", 0, 2) + [broken], call=0, first_trial=0)
+    tasks = suite.tasks("test", 0, 2) + [broken]
+    slots.start_round([SlotTrial(task, seed=0, trial=i) for i, task in enumerate(tasks)], call=0)
     slots.active[0] = False  # slot 0's trial is over: slot 2 is env 1 of the batch
     with pytest.raises(SamplerError, match=r"env slot 2 \(task 9 .*failed in step: KeyError"):
         slots.step()

@@ -15,6 +15,12 @@ when one ends, so that one step is one round trip, resets included.
 * With ``groups=2`` the slots form two halves, rows ``[0, h)`` and ``[h, n)``, and each
   worker holds a range of each: the halves step separately, so that the sampler can act
   for one half while the workers step the other (see ``TrialSampler(pipeline=True)``).
+  A sampler of K members (a population) gets halves of ``K * ceil(P / 2)`` and
+  ``K * floor(P / 2)`` slots for its P slots per member, so that either half can hold the
+  same number of trials of every member.
+
+Each round, the sampler tells every slot what to run (a :class:`SlotTrial`: the task, and the
+seed and trial index its reset seeds come from) or leaves it idle.
 
 Both run the same :class:`EnvSlots` code on their rows, which is why the results do not
 depend on the number of workers.
@@ -30,6 +36,7 @@ import time
 import traceback
 import weakref
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,6 +61,15 @@ class SamplerError(RuntimeError):
 def reset_seed(seed: int, call: int, trial: int, episode: int) -> int:
     """The reset seed of one episode: a function of these four numbers only."""
     return int(np.random.SeedSequence([seed, call, trial, episode]).generate_state(1)[0])
+
+
+class SlotTrial(NamedTuple):
+    """What one slot runs in a round: a trial of ``task`` whose episodes reset with
+    ``reset_seed(seed, call, trial, episode)``."""
+
+    task: Task
+    seed: int  # the sampler's seed, or its member's in a population
+    trial: int  # the trial's index among its seed's trials of the call
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,8 +127,8 @@ class EnvSlots:
     """Slots ``lo..hi-1`` of a sampler: steps the live ones and starts their next episodes."""
 
     def __init__(self, suite: TaskSuite, arrays: SlotArrays, lo: int, hi: int, horizon: int,
-                 episodes_per_trial: int, seed: int):
-        self.lo, self.horizon, self.episodes_per_trial, self.seed = lo, horizon, episodes_per_trial, seed
+                 episodes_per_trial: int):
+        self.lo, self.horizon, self.episodes_per_trial = lo, horizon, episodes_per_trial
         self.suite = suite
         self.envs = [suite.make_env() for _ in range(hi - lo)]
         rows = slice(lo, hi)
@@ -120,37 +136,34 @@ class EnvSlots:
                      "episode_start", "active", "episode"):
             setattr(self, name, getattr(arrays, name)[rows])
         self.step_in_episode = np.zeros(hi - lo, np.int64)
-        self.trial = np.zeros(hi - lo, np.int64)  # trial index of each slot, for reset seeds
-        self.tasks: list[Task | None] = [None] * (hi - lo)
+        self.trials: list[SlotTrial | None] = [None] * (hi - lo)  # this round's, per slot
         self.call = 0
 
-    def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
-        """Set the first ``len(tasks)`` slots to these tasks and reset them; idle the rest.
-
-        ``first_trial`` is the trial index of the sampler's slot 0 in this round.
-        """
-        m = len(tasks)
+    def start_round(self, trials: list[SlotTrial | None], call: int) -> None:
+        """Set each slot to its trial (``trials[i]`` for slot ``lo + i``) and reset it; a
+        slot given None idles this round."""
+        if len(trials) != len(self.envs):
+            raise ValueError(f"{len(trials)} trials for {len(self.envs)} env slots")
         self.call = call
-        self.trial[:] = first_trial + self.lo + np.arange(len(self.envs))
-        self.active[:] = False
-        self.active[:m] = True
+        self.trials = list(trials)
+        self.active[:] = [trial is not None for trial in trials]
         self.episode[:] = 0
         self.episode_start[:] = True
         self.step_in_episode[:] = 0
-        self.tasks[:m] = tasks
+        started = np.flatnonzero(self.active)
         obs = []
-        for i, task in enumerate(tasks):
+        for i in started.tolist():
             try:
-                self.envs[i].set_task(task)
+                self.envs[i].set_task(trials[i].task)
                 obs.append(self._reset(i, 0))
             except Exception as error:
                 raise self._error(i, "set_task/reset", error) from error
-        if m:
-            self.obs[:m] = np.stack(obs)
+        if obs:
+            self.obs[started] = np.stack(obs)
 
     def _reset(self, i: int, episode: int) -> np.ndarray:
-        seed = reset_seed(self.seed, self.call, int(self.trial[i]), episode)
-        return self.envs[i].reset(seed=seed)[0]
+        trial = self.trials[i]
+        return self.envs[i].reset(seed=reset_seed(trial.seed, self.call, trial.trial, episode))[0]
 
     def step(self) -> None:
         live = np.flatnonzero(self.active)
@@ -197,9 +210,10 @@ class EnvSlots:
         """``error`` of slot ``i`` (None: of the range of slots) as a SamplerError naming it."""
         if i is None:
             where = f"env slots {self.lo}-{self.lo + len(self.envs) - 1}"
-        elif (task := self.tasks[i]) is None:
+        elif self.trials[i] is None:
             where = f"env slot {self.lo + i}"
         else:
+            task = self.trials[i].task
             where = (f"env slot {self.lo + i} (task {task.index} of {task.env!r} {task.split}, "
                      f"{task.label})")
         return SamplerError(f"{where} failed in {method}: {type(error).__name__}: {error}")
@@ -212,14 +226,14 @@ class EnvSlots:
 class LocalSlots:
     """Every slot in this process (``num_workers=0``)."""
 
-    def __init__(self, suite: TaskSuite, num_slots: int, horizon: int, episodes_per_trial: int,
-                 seed: int):
+    def __init__(self, suite: TaskSuite, num_slots: int, horizon: int, episodes_per_trial: int):
         self.arrays = SlotArrays(num_slots, suite.observation_dim, suite.action_dim)
-        self.slots = EnvSlots(suite, self.arrays, 0, num_slots, horizon, episodes_per_trial, seed)
+        self.slots = EnvSlots(suite, self.arrays, 0, num_slots, horizon, episodes_per_trial)
         self.groups = group_bounds(num_slots, 1)  # nothing to overlap with in one process
 
-    def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
-        self.slots.start_round(tasks, call, first_trial)
+    def start_round(self, trials: list[SlotTrial | None], call: int) -> None:
+        """Slot ``i`` runs ``trials[i]`` (None: idles) from this round on."""
+        self.slots.start_round(trials, call)
 
     def begin_step(self, group: int | None = None) -> None:
         self.slots.step()
@@ -314,8 +328,8 @@ def _worker_main(index: int, suite: TaskSuite, buffer, array_args: tuple,
             if command == STEP:
                 slots[group].step()
             elif command == ROUND:
-                for group_slots, (tasks, call, first_trial) in zip(slots, pipe.recv()):
-                    group_slots.start_round(tasks, call, first_trial)
+                for group_slots, (trials, call) in zip(slots, pipe.recv()):
+                    group_slots.start_round(trials, call)
         except (EOFError, BrokenPipeError):  # the parent closed its end: it is shutting down
             return
         except Exception as error:  # reported to the parent, which raises it
@@ -350,11 +364,16 @@ def _shutdown(processes, go, command, pipes) -> None:
         pipe.close()
 
 
-def group_bounds(num_slots: int, groups: int) -> list[tuple[int, int]]:
-    """The rows of each group of slots: all of them, or two halves (the first one larger)."""
-    if groups == 1 or num_slots < 2:
+def group_bounds(num_slots: int, groups: int, members: int = 1) -> list[tuple[int, int]]:
+    """The rows of each group of slots: all of them, or two halves (the first one larger).
+
+    With ``members`` > 1 (a population of ``num_slots // members`` slots per member) each
+    half holds a whole number of slots per member, ``ceil`` and ``floor`` of half of them.
+    """
+    per_member = num_slots // members
+    if groups == 1 or per_member < 2:
         return [(0, num_slots)]
-    half = -(-num_slots // 2)
+    half = members * -(-per_member // 2)
     return [(0, half), (half, num_slots)]
 
 
@@ -363,15 +382,16 @@ class WorkerSlots:
     one more each (of each group), stepped in lockstep through shared memory."""
 
     def __init__(self, suite: TaskSuite, num_slots: int, num_workers: int, horizon: int,
-                 episodes_per_trial: int, seed: int, pin: bool | None = None, groups: int = 1):
-        """``pin``: see :func:`worker_cpus`. Waits poll before they sleep (``SPIN_S``) only
+                 episodes_per_trial: int, pin: bool | None = None, groups: int = 1,
+                 members: int = 1):
+        """``pin``: see :func:`worker_cpus`; ``groups`` and ``members``: see :func:`group_bounds`. Waits poll before they sleep (``SPIN_S``) only
         where the workers and this process have a CPU each of the job's allocation
         (:func:`trmrl.utils.available_cpus`): polling on a shared one would take it from the
         process being waited for."""
         context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
         self.arrays = SlotArrays.shared(context, num_slots, suite.observation_dim,
                                         suite.action_dim, num_workers)
-        self.groups = group_bounds(num_slots, groups)
+        self.groups = group_bounds(num_slots, groups, members)
         # ranges[w][g]: worker w's rows of group g, contiguous
         self.ranges: list[list[tuple[int, int]]] = [[] for _ in range(num_workers)]
         for lo, hi in self.groups:
@@ -392,7 +412,7 @@ class WorkerSlots:
                 process = context.Process(
                     target=_worker_main, name=f"trmrl-sampler-{w}", daemon=True,
                     args=(w, suite, self.arrays.buffer, self.arrays.args, ranges,
-                          (horizon, episodes_per_trial, seed), self.go[w], self.done, child_end,
+                          (horizon, episodes_per_trial), self.go[w], self.done, child_end,
                           cpus[w], os.getpid(), self.spin_s))
                 process.start()
                 child_end.close()
@@ -473,13 +493,14 @@ class WorkerSlots:
             self.arrays.failed[:] = 0
             raise SamplerError(messages[0])
 
-    def start_round(self, tasks: list[Task], call: int, first_trial: int) -> None:
+    def start_round(self, trials: list[SlotTrial | None], call: int) -> None:
+        """Slot ``i`` runs ``trials[i]`` (None: idles) from this round on."""
         if not self._finalizer.alive:
             raise SamplerError("the sampler's workers are closed")
         self._settle()
         for w, ranges in enumerate(self.ranges):
             try:
-                self.pipes[w].send([(tasks[lo:hi], call, first_trial) for lo, hi in ranges])
+                self.pipes[w].send([(trials[lo:hi], call) for lo, hi in ranges])
             except OSError:  # a broken pipe: say which worker died, and how
                 self._check_alive()
                 raise

@@ -10,17 +10,23 @@ the previous episode (so the agent sees the final reward); at the trial start th
 
 Reset seeds depend only on (sampler seed, call index, trial index, episode index), so the
 same seed gives the same trials whatever the number of workers.
+
+A sampler may also step the trials of a population: K runs that differ by seed, trained in
+one process (``TrialSampler(seed=[s_1, ..., s_K])``). Tasks, the policy's rows and the
+returned trials are then member-major, and member k's trials reset exactly as those of a
+sampler of seed ``s_k`` given member k's tasks.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from trmrl.env_slots import LocalSlots, SamplerError, WorkerSlots, reset_seed
+from trmrl.env_slots import LocalSlots, SamplerError, SlotTrial, WorkerSlots, reset_seed
 from trmrl.envs import SuiteError, Task, TaskSuite, make_suite
 from trmrl.envs.base import check_positive
 
@@ -152,6 +158,26 @@ class TrialBatch:
                     for k, v in self.extras.items()})
         return out
 
+    def split(self, members: int) -> list[TrialBatch]:
+        """The batches of a population's ``members``, from a member-major batch (rows
+        ``k*L .. (k+1)*L - 1`` are member k's); views into this batch's arrays."""
+        if (isinstance(members, bool) or not isinstance(members, int) or members <= 0
+                or self.num_trials % members):
+            raise ValueError(f"cannot split {self.num_trials} trials into {members!r} equal "
+                             "member blocks")
+        size = self.num_trials // members
+        parts = []
+        for k in range(members):
+            rows = slice(k * size, (k + 1) * size)
+            fields = {}
+            for name, value in vars(self).items():
+                if name == "extras":
+                    fields[name] = {key: array[rows] for key, array in value.items()}
+                else:
+                    fields[name] = value[rows]
+            parts.append(TrialBatch(**fields))
+        return parts
+
     @staticmethod
     def concatenate(batches: list[TrialBatch]) -> TrialBatch:
         if len(batches) == 1:
@@ -170,6 +196,22 @@ class TrialBatch:
 # ---------------------------------------------------------------------------------------
 # The sampler
 # ---------------------------------------------------------------------------------------
+def member_seeds(seed: int | Sequence[int]) -> tuple[int, ...]:
+    """``seed`` as a tuple of member seeds: one for a single run, K for a population."""
+    if isinstance(seed, (int, np.integer)):
+        seeds = (seed,)
+    else:
+        try:
+            seeds = () if isinstance(seed, (str, bytes)) else tuple(seed)
+        except TypeError:
+            seeds = ()
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0
+                        for s in seeds):
+        raise SuiteError(f"seed must be a non-negative integer or a non-empty sequence of "
+                         f"them (one per member), got {seed!r}")
+    return tuple(int(s) for s in seeds)
+
+
 class TrialSampler:
     """Runs ``len(tasks)`` trials in lockstep, ``num_envs`` at a time.
 
@@ -181,19 +223,24 @@ class TrialSampler:
         num_workers: 0 steps every env in this process; W > 0 spreads the slots over W
             worker processes that share observations, actions and rewards with this one
             through shared memory (see :mod:`trmrl.env_slots`). Results do not depend on it.
-        seed: base seed of every env reset.
+        seed: base seed of every env reset; or a sequence of seeds, one per member of a
+            population (see :meth:`run`), whose ``num_envs`` must then be a multiple of the
+            number of members: P = num_envs / members slots each.
         pin_workers: pin each worker to one CPU of this process's affinity mask; the default
             (None) pins when the workers fill the mask.
         pipeline: with workers, split the slots into two halves that step in turn: the
             policy acts for one half while the workers step the other, hiding the policy's
             time (a GPU's round trip) behind the envs'. Needs a policy with ``acting_view``
             (others act for all slots at once). The envs see the same resets either way;
-            a policy's random draws come half by half.
+            a policy's random draws come half by half. A population's halves hold
+            ceil(P/2) and floor(P/2) slots of every member, so each view acts for the same
+            number of trials of every member (member-major), never for some members only.
     """
 
     def __init__(self, suite: TaskSuite | str, num_envs: int, *, horizon: int | None = None,
-                 episodes_per_trial: int | None = None, num_workers: int = 0, seed: int = 0,
-                 pin_workers: bool | None = None, pipeline: bool = False):
+                 episodes_per_trial: int | None = None, num_workers: int = 0,
+                 seed: int | Sequence[int] = 0, pin_workers: bool | None = None,
+                 pipeline: bool = False):
         self.suite = make_suite(suite) if isinstance(suite, str) else suite
         self.horizon = check_positive("horizon", self.suite.horizon if horizon is None else horizon)
         self.episodes_per_trial = check_positive(
@@ -204,20 +251,33 @@ class TrialSampler:
                 or not 0 <= num_workers <= num_envs):
             raise SuiteError(f"num_workers must be an integer in [0, num_envs={num_envs}], "
                              f"got {num_workers!r}")
-        self.seed = int(seed)
+        self.seeds = member_seeds(seed)  # one per member; a single run is a population of one
+        self.members = len(self.seeds)
+        if num_envs % self.members:
+            raise SuiteError(f"num_envs must be a multiple of the {self.members} member seeds "
+                             f"(the same number of env slots per member), got {num_envs}")
+        self.envs_per_member = num_envs // self.members
         self.num_workers = num_workers
         self.calls = 0  # how many times `run` was called: part of every reset seed
         self.obs_dim, self.act_dim = self.suite.observation_dim, self.suite.action_dim
-        slot_args = (self.horizon, self.episodes_per_trial, self.seed)
+        slot_args = (self.horizon, self.episodes_per_trial)
         if num_workers == 0:
             self._slots = LocalSlots(self.suite, num_envs, *slot_args)
         else:
             self._slots = WorkerSlots(self.suite, num_envs, num_workers, *slot_args, pin=pin_workers,
-                                      groups=2 if pipeline else 1)
+                                      groups=2 if pipeline else 1, members=self.members)
         self.pipeline = len(self._slots.groups) > 1
         self._record: _StepRecord | None = None  # allocated by the first run
         # seconds spent in run(): in policy.act, stepping or waiting for the envs, in all
         self.timings = {"policy": 0.0, "envs": 0.0, "total": 0.0}
+
+    @property
+    def seed(self) -> int:
+        """The seed of a single run's sampler (a population has ``seeds``)."""
+        if self.members > 1:
+            raise TypeError(f"this sampler steps a population of {self.members} seeds "
+                            f"{list(self.seeds)}: read .seeds")
+        return self.seeds[0]
 
     def run(self, policy: TrialPolicy, tasks: list[Task], deterministic: bool = False,
             call: int | None = None) -> TrialBatch:
@@ -225,9 +285,21 @@ class TrialSampler:
 
         Reset seeds come from ``call`` (default: how many calls came before), so passing
         the same ``call`` repeats the same starting states, e.g. for periodic evaluation.
+
+        A population's ``tasks`` are member-major: K equal blocks of L, member k's
+        ``tasks[k*L:(k+1)*L]``, and member k's trial j resets with
+        ``reset_seed(seeds[k], call, j, episode)``, as trial j of a sampler of seed
+        ``seeds[k]`` would. A round runs the next P trials of every member; the policy acts
+        for its rows member-major (K equal blocks), and the batch is member-major too
+        (:meth:`TrialBatch.split` gives the members' batches). All members advance ``calls``
+        together.
         """
         if not tasks:
             raise SuiteError("run() needs at least one task")
+        members = self.members
+        if len(tasks) % members:
+            raise SuiteError(f"run() got {len(tasks)} tasks for {members} member seeds: they "
+                             f"must come as {members} equal blocks, one per member")
         for task in tasks:
             if task.env != self.suite.name:
                 raise SuiteError(f"task of env {task.env!r} given to a {self.suite.name!r} sampler")
@@ -235,42 +307,76 @@ class TrialSampler:
             call = self.calls
             self.calls += 1
         began = time.perf_counter()
-        rounds = [self._run_round(policy, tasks[lo:lo + self.num_envs], deterministic, call, lo)
-                  for lo in range(0, len(tasks), self.num_envs)]
+        per_member, P = len(tasks) // members, self.envs_per_member
+        rounds = []
+        for first in range(0, per_member, P):
+            count = min(P, per_member - first)
+            round_tasks = [tasks[k * per_member + first + i] for k in range(members)
+                           for i in range(count)]
+            rounds.append(self._run_round(policy, round_tasks, deterministic, call, first))
+        if members > 1 and len(rounds) > 1:  # each round is member-major: regroup by member
+            parts = [batch.split(members) for batch in rounds]
+            rounds = [part[k] for k in range(members) for part in parts]
         batch = TrialBatch.concatenate(rounds)
         self.timings["total"] += time.perf_counter() - began
         return batch
 
-    def reset_seed(self, call: int, trial: int, episode: int) -> int:
-        return reset_seed(self.seed, call, trial, episode)
+    def reset_seed(self, call: int, trial: int, episode: int, member: int = 0) -> int:
+        return reset_seed(self.seeds[member], call, trial, episode)
 
     @property
     def worker_pids(self) -> list[int]:
         """Process ids of the workers (none in-process), e.g. to measure their CPU time."""
         return [process.pid for process in getattr(self._slots, "processes", [])]
 
+    def _lanes(self, policy, per_member: int) -> list[tuple[int | None, int, int, int]]:
+        """How a round of ``per_member`` trials per member fills the slots: per lane,
+        (group of slots it steps, None: all; its first slot; trials of each member in it;
+        the first of them, by index in the member's round)."""
+        groups = self._slots.groups
+        if len(groups) > 1 and hasattr(policy, "acting_view"):
+            (first_lo, first_hi), (second_lo, _) = groups
+            in_first = min(per_member, (first_hi - first_lo) // self.members)
+            if in_first < per_member:
+                return [(0, first_lo, in_first, 0),
+                        (1, second_lo, per_member - in_first, in_first)]
+        return [(None, 0, per_member, 0)]  # one lane over every slot, stepping every group
+
     def _run_round(self, policy, tasks, deterministic, call, first_trial) -> TrialBatch:
-        n, A = len(tasks), self.act_dim
+        """Trials ``first_trial..`` of every member: ``tasks`` member-major, K equal blocks."""
+        n, A, K = len(tasks), self.act_dim, self.members
+        per_member = n // K
         T = self.episodes_per_trial * self.horizon
         if self._record is None:
             self._record = _StepRecord(T, self.num_envs, self.obs_dim, A)
         record = self._record
-        features = np.stack([self.suite.task_features(task) for task in tasks]).astype(np.float32)
         slots = self._slots
-        shared = slots.arrays  # this round uses slots 0..n-1
+
+        # Each lane's slots hold its trials member-major; order[row] is the slot of the
+        # batch's row (member-major, trials in order)
+        specs = self._lanes(policy, per_member)
+        order = np.empty(n, np.int64)
+        assigned: list[SlotTrial | None] = [None] * self.num_envs
+        for _, lo, count, first in specs:
+            for k in range(K):
+                for i in range(first, first + count):
+                    row, slot = k * per_member + i, lo + k * count + i - first
+                    order[row] = slot
+                    assigned[slot] = SlotTrial(tasks[row], self.seeds[k], first_trial + i)
+        features = np.stack([self.suite.task_features(task) for task in tasks]).astype(np.float32)
+        slot_features = np.zeros((self.num_envs, features.shape[1]), np.float32)
+        slot_features[order] = features
+        shared = slots.arrays
         clock, timings = time.perf_counter, self.timings
         began = clock()
-        slots.start_round(tasks, call, first_trial)
+        slots.start_round(assigned, call)
         timings["envs"] += clock() - began
 
         # A lane is a range of slots that one policy (view) acts for; with a pipeline each
         # group of slots is a lane, and the workers step one while the policy acts for the other
-        groups = [(g, lo, min(hi, n)) for g, (lo, hi) in enumerate(slots.groups) if lo < n]
-        if len(groups) > 1 and hasattr(policy, "acting_view"):
-            lanes = [_Lane(slice(lo, hi), g, policy if g == 0 else policy.acting_view(), A)
-                     for g, lo, hi in groups]
-        else:  # one lane over every slot, stepping every group
-            lanes = [_Lane(slice(0, n), None, policy, A)]
+        lanes = [_Lane(slice(lo, lo + K * count), group,
+                       policy if index == 0 else policy.acting_view(), A)
+                 for index, (group, lo, count, _) in enumerate(specs)]
         for lane in lanes:
             lane.policy.reset(lane.size)
         extra_keys: list[str] = []
@@ -288,7 +394,7 @@ class TrialSampler:
             obs, start = shared.obs[rows].copy(), shared.episode_start[rows].copy()
             began = clock()
             out = lane.policy.act(StepInput(obs, lane.prev_action, lane.prev_reward, start,
-                                            active, features[rows]), deterministic)
+                                            active, slot_features[rows]), deterministic)
             action = np.asarray(out.action, np.float32).reshape(lane.size, A)
             shared.action[rows] = action
             acted = clock()
@@ -302,7 +408,7 @@ class TrialSampler:
                 value = np.asarray(value)
                 if key not in extra_keys:
                     extra_keys.append(key)
-                    record.extra(key, value, t, n)
+                    record.extra(key, value, t)
                 record.extras[key][t, rows] = value
             lane.action, lane.active = action, active
             return True
@@ -337,7 +443,7 @@ class TrialSampler:
                     land(lane, t)
                     running[i] = t + 1 < T and launch(lane, t + 1)
                     steps = max(steps, t + 1 + running[i])
-        return record.trial_batch(tasks, features, steps, self.episodes_per_trial,
+        return record.trial_batch(tasks, features, order, steps, self.episodes_per_trial,
                                   self.suite.has_success, extra_keys)
 
     def close(self) -> None:
@@ -381,20 +487,23 @@ class _StepRecord:
         self.valid = np.zeros((T, num_slots), bool)
         self.extras: dict[str, np.ndarray] = {}
 
-    def extra(self, key: str, value: np.ndarray, t: int, n: int) -> None:
+    def extra(self, key: str, value: np.ndarray, t: int) -> None:
         """Make room for a policy extra first seen at step ``t`` (zero before it)."""
         T, num_slots = self.valid.shape
         array = self.extras.get(key)
         if array is None or array.shape[2:] != value.shape[1:] or array.dtype != value.dtype:
             array = self.extras[key] = np.zeros((T, num_slots, *value.shape[1:]), value.dtype)
-        array[:t, :n] = 0
+        array[:t] = 0
 
-    def trial_batch(self, tasks, features, steps, K, has_success, extra_keys) -> TrialBatch:
+    def trial_batch(self, tasks, features, order, steps, K, has_success, extra_keys) -> TrialBatch:
+        """The round's trials, row ``i`` from slot ``order[i]``."""
         n = len(tasks)
-        self.valid[steps:, :n] = False  # rows of an earlier, longer round
+        if np.array_equal(order, np.arange(order[0], order[0] + n)):
+            order = slice(int(order[0]), int(order[0]) + n)  # a slice is the cheaper index
+        self.valid[steps:, order] = False  # rows of an earlier, longer round
 
         def trials(array):  # [T, slots, ...] -> a fresh [n, T, ...]
-            return np.ascontiguousarray(array[:, :n].swapaxes(0, 1))
+            return np.ascontiguousarray(array[:, order].swapaxes(0, 1))
 
         valid = trials(self.valid)
         fields = {name: trials(getattr(self, name)) for name in (

@@ -18,7 +18,15 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from trmrl.envs.base import NUM_EVAL_TASKS, SuiteError, Task, TaskEnv, TaskSuite, check_positive
+from trmrl.envs.base import (
+    NUM_EVAL_TASKS,
+    EnvStepError,
+    SuiteError,
+    Task,
+    TaskEnv,
+    TaskSuite,
+    check_positive,
+)
 
 HORIZON = 500  # Meta-World's max_path_length: one episode
 # metaworld raises on any step past its own max_path_length; our sampler enforces HORIZON
@@ -97,11 +105,22 @@ def _same_box(a: gym.spaces.Box, b: gym.spaces.Box) -> bool:
             and np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high))
 
 
+# metaworld envs of this process that no MetaWorldTaskEnv holds, per class. An env that
+# switches to another class leaves its metaworld env here for the next one that needs that
+# class, so that a process holds about as many metaworld envs of a class as it runs at once,
+# not one per env slot and class: each takes ~20 MiB (its MuJoCo model), and an ML45 sampler
+# slot runs every train class in time. Any metaworld env of a class serves any task of it:
+# set_task and reset leave no trace of its earlier episodes (checked for every class by
+# tests/test_envs_metaworld.py), so which one a slot gets does not change its trials.
+_IDLE_ENVS: dict[type, list] = {}
+
+
 class MetaWorldTaskEnv(TaskEnv):
     """One env for every task of a Meta-World suite.
 
-    Holds one metaworld env instance per task class, created when a task of that class is
-    first set; ``set_task`` switches instance and goal without reloading anything.
+    Holds one metaworld env, of the current task's class; ``set_task`` to another class
+    swaps it for an idle one of that class in this process (one is made where none is idle),
+    then sets the goal, without reloading anything.
     """
 
     metadata = {"render_modes": []}
@@ -110,27 +129,38 @@ class MetaWorldTaskEnv(TaskEnv):
         self._suite = suite
         train_classes, test_classes = suite.class_dicts()
         self._classes = {**train_classes, **test_classes}
-        self._instances: dict[str, Any] = {}
         self._active = None  # the metaworld env of the current task
         self._needs_reset = True
         # Spaces come from the first train class; every other class is checked against them.
-        first = self._instance(next(iter(train_classes)))
-        self.observation_space = first.observation_space
-        self.action_space = first.action_space
+        self._held_name = next(iter(train_classes))
+        self._held = self._take(self._held_name)  # the metaworld env this env holds
+        self.observation_space = self._held.observation_space
+        self.action_space = self._held.action_space
+
+    def _take(self, env_name: str):
+        """An idle metaworld env of class ``env_name``, or a new one."""
+        env_class = self._classes[env_name]
+        idle = _IDLE_ENVS.get(env_class)
+        if idle:
+            return idle.pop()
+        env = env_class()
+        env.max_path_length = _UNLIMITED_PATH_LENGTH
+        if hasattr(self, "observation_space") and not (
+                _same_box(env.observation_space, self.observation_space)
+                and _same_box(env.action_space, self.action_space)):
+            raise RuntimeError(f"Meta-World class {env_name!r} has other spaces than the rest "
+                               f"of {self._suite.name!r}")
+        return env
 
     def _instance(self, env_name: str):
-        if env_name not in self._instances:
-            env = self._classes[env_name]()
-            env.max_path_length = _UNLIMITED_PATH_LENGTH
-            if self._instances:
-                reference = next(iter(self._instances.values()))
-                if not (_same_box(env.observation_space, reference.observation_space)
-                        and _same_box(env.action_space, reference.action_space)):
-                    raise RuntimeError(
-                        f"Meta-World class {env_name!r} has other spaces than the rest of "
-                        f"{self._suite.name!r}")
-            self._instances[env_name] = env
-        return self._instances[env_name]
+        """The metaworld env of class ``env_name`` to run a task on (held from now on)."""
+        if self._held is None or self._held_name != env_name:
+            if self._held is not None:
+                _IDLE_ENVS.setdefault(type(self._held), []).append(self._held)
+                self._held = self._active = None
+            self._held = self._take(env_name)
+            self._held_name = env_name
+        return self._held
 
     @property
     def metaworld_env(self):
@@ -160,21 +190,25 @@ class MetaWorldTaskEnv(TaskEnv):
         return obs, info
 
     def step(self, action):
-        if self._active is None or self._needs_reset:
-            raise RuntimeError("MetaWorldTaskEnv.step called before set_task and reset")
         # Policies may sample outside the box; metaworld only clips the arm part itself.
         action = np.clip(np.asarray(action, dtype=np.float32), self.action_space.low,
                          self.action_space.high)
-        obs, reward, terminated, _truncated, info = self._active.step(action)
+        obs, reward, terminated, _truncated, info = self.metaworld_step(action)
         info = dict(info)
         info["success"] = bool(info["success"])  # metaworld reports 0.0 / 1.0
         return obs, float(reward), bool(terminated), False, info
 
+    def metaworld_step(self, action: np.ndarray):
+        """metaworld's own ``step`` of the current task, on an action already clipped to the
+        box (float32): its 5-tuple and info dict as it returns them."""
+        if self._active is None or self._needs_reset:
+            raise RuntimeError("MetaWorldTaskEnv.step called before set_task and reset")
+        return self._active.step(action)
+
     def close(self) -> None:
-        for env in self._instances.values():
-            env.close()
-        self._instances.clear()
-        self._active = None
+        if self._held is not None:
+            self._held.close()
+        self._held = self._active = None
 
 
 # -- the suites -------------------------------------------------------------------------------
@@ -303,6 +337,28 @@ class MetaWorldSuite(TaskSuite):
         if task is not None:
             env.set_task(task)
         return env
+
+    def step_batch(self, envs: list[MetaWorldTaskEnv], actions: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``envs[i].step(actions[i])`` for every env, as :meth:`TaskSuite.step_batch` asks:
+        the actions clipped in one call for all envs, then each env's metaworld step, whose
+        info dict is read for success only (env.step copies it for its caller)."""
+        n = len(envs)
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.shape != (n, self.action_dim):
+            raise ValueError(f"{self.name}: actions must have shape ({n}, {self.action_dim}), "
+                             f"got {actions.shape}")
+        low, high = self.spaces()[1].low, self.spaces()[1].high
+        actions = np.clip(actions, low, high)  # float32, row i as env.step clips it alone
+        obs, reward = np.empty((n, self.observation_dim)), np.empty(n)
+        terminated, success = np.empty(n, np.bool_), np.empty(n)
+        for i, (env, action) in enumerate(zip(envs, actions)):
+            try:
+                obs[i], reward[i], terminated[i], _, info = env.metaworld_step(action)
+                success[i] = info["success"]
+            except Exception as error:
+                raise EnvStepError(i) from error
+        return obs, reward, terminated, success
 
 
 def _ml1_description(env_name: str, task: str) -> dict[str, str]:
