@@ -237,17 +237,22 @@ def test_members_with_different_sample_counts():
         assert_optimizers_close(member, agent)
 
 
-def test_reference_agent_update_with_recorded_values():
-    """The memoryless reference: values recorded while acting, one joint AdamW."""
+def test_reference_agent_update_with_recorded_values_and_observation_scaling():
+    """The memoryless reference: values recorded while acting, one joint AdamW, and each
+    member's own observation statistics, which the second update reads (stacked buffers)."""
     suite = ToySuite(fall_at=6)
     members = [MemorylessAgent(cfg.build(ReferenceConfig, {**SIZES, "hidden": [16, 16],
-                                                           "max_grad_norm": 0.5}),
+                                                           "max_grad_norm": 0.5,
+                                                           "normalize_observations": True}),
                                suite, torch.device("cpu"), seed) for seed in (0, 1)]
     batches = [collect(member, suite) for member in members]
     population, alone, metrics = update_both(members, batches)
     for member, agent, stats in zip(population.members, alone, metrics[0]):
-        assert_params_close(member, agent, steps=2 * stats["minibatch_steps"])
+        assert_params_close(member, agent, steps=4 * stats["minibatch_steps"])
         assert_optimizers_close(member, agent)
+        # the member's own normaliser, on its own batch: one code path
+        assert_state_equal(member.obs_normalizer.state_dict(), agent.obs_normalizer.state_dict())
+        assert float(member.obs_normalizer.count) == 2 * batches[0].env_steps
 
 
 def test_a_diverging_member_stops_alone_and_can_be_dropped():
