@@ -394,6 +394,9 @@ def test_supported_agents():
     assert "overrides PPOAgent.update" in population_support(VariBADAgent)
     assert "not a PPO agent" in population_support(MAMLAgent)
     assert "not a PPO agent" in population_support(PEARLAgent)
+    graphed = trmrl(0)
+    graphed.graphed = True  # as built on a GPU with cuda_graphs
+    assert "set cuda_graphs=false" in population_support(graphed)
 
 
 @pytest.mark.parametrize("make, message", [
