@@ -55,14 +55,16 @@ def synthetic_batch(agent, trials: int, rng: np.random.Generator) -> TrialBatch:
         episode_index=(np.cumsum(episode_start, 1) - 1).astype(np.int16), valid=valid,
         task_features=np.zeros((trials, len(suite.task_features(suite.tasks("test", 0, 1)[0]))),
                                np.float32),
-        episode_return=np.zeros((trials, episodes)), episode_length=np.full((trials, episodes), horizon, np.int32),
+        episode_return=np.zeros((trials, episodes)),
+        episode_length=np.full((trials, episodes), horizon, np.int32),
         episode_success=np.zeros((trials, episodes), np.float32))
     inputs = {k: v.flatten(0, 1) for k, v in agent.batch_inputs(batch).items()}
     actions = torch.from_numpy(action).flatten(0, 1)
+    chunks = [{"action": actions[lo:lo + 8192],
+               **{"input_" + k: v[lo:lo + 8192] for k, v in inputs.items()}}
+              for lo in range(0, len(actions), 8192)]
     with torch.no_grad():
-        logp = torch.cat([agent.evaluate_policy({"action": actions[lo:lo + 8192],
-                                                 **{"input_" + k: v[lo:lo + 8192] for k, v in inputs.items()}})[0]
-                          for lo in range(0, len(actions), 8192)])
+        logp = torch.cat([agent.evaluate_policy(chunk)[0] for chunk in chunks])
     batch.extras["logp"] = logp.reshape(trials, T).numpy()
     return batch
 
@@ -106,7 +108,8 @@ def main() -> None:
     for _ in range(args.repeats):
         alone = copy.deepcopy(agents)
         wall, cpu = time.perf_counter(), time.process_time()
-        alone_steps = sum(agent.update(batch)["minibatch_steps"] for agent, batch in zip(alone, batches))
+        alone_steps = sum(agent.update(batch)["minibatch_steps"]
+                          for agent, batch in zip(alone, batches))
         times["separate"].append((time.perf_counter() - wall, time.process_time() - cpu))
         population = Population(copy.deepcopy(agents))
         wall, cpu = time.perf_counter(), time.process_time()

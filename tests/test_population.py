@@ -41,7 +41,8 @@ def trmrl(seed, suite=None, **overrides):
     values, _ = cfg.env_defaults("trmrl", "cheetah-dir")  # defaults v4
     values.update(SIZES, **TRMRL)
     values.update(overrides)
-    return TrMRLAgent(cfg.build(TrMRLConfig, values), suite or ToySuite(), torch.device("cpu"), seed)
+    return TrMRLAgent(cfg.build(TrMRLConfig, values), suite or ToySuite(), torch.device("cpu"),
+                      seed)
 
 
 def oracle(seed, suite=None, **overrides):
@@ -155,8 +156,9 @@ def test_acting_equals_each_member_alone(make):
         rows = slice(k * N, (k + 1) * N)
         agent.reset(N)
         for t in range(batch.obs.shape[1]):
-            step = StepInput(batch.obs[rows, t], batch.prev_action[rows, t], batch.prev_reward[rows, t],
-                             batch.episode_start[rows, t], batch.valid[rows, t], batch.task_features[rows])
+            step = StepInput(batch.obs[rows, t], batch.prev_action[rows, t],
+                             batch.prev_reward[rows, t], batch.episode_start[rows, t],
+                             batch.valid[rows, t], batch.task_features[rows])
             out = agent.act(step)
             # one vmapped call for all members vs one member's call: batched matrix
             # products sum in another order, float32 rounding
@@ -347,7 +349,8 @@ def test_stacked_adamw_equals_torch_adamw():
     lrs = [1e-3, 3e-4, 5e-2]
     members = [[torch.nn.Parameter(torch.randn(shape)) for shape in shapes] for _ in range(K)]
     torch_optimizers = [torch.optim.AdamW([{"params": params[:2], "lr": lr},
-                                           {"params": params[2:], "lr": 2 * lr, "weight_decay": 0.0}],
+                                           {"params": params[2:], "lr": 2 * lr,
+                                            "weight_decay": 0.0}],
                                           lr=lr, weight_decay=0.01)
                         for params, lr in zip(members, lrs)]
     flat = torch.cat([torch.stack([params[i].detach().reshape(-1) for params in members])
