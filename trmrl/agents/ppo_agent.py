@@ -246,6 +246,17 @@ class PPOAgent(Agent):
             for key, value in inputs.items():
                 samples["input_" + key] = value
             return self.run_trial_update(samples, self.generator, capacity=valid.shape[0])
+        # capacity: every step of every trial, the most an iteration yields
+        return self.run_update(self.timestep_samples(batch, inputs), self.generator,
+                               capacity=valid.size)
+
+    def timestep_samples(self, batch: TrialBatch,
+                         inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """PPO's samples of a batch, one per valid timestep (each [M, ...] on the device):
+        "logp", "advantage", "return", "action" and the model inputs as "input_<name>".
+        ``inputs``: this batch's :meth:`batch_inputs`, if already made."""
+        valid = batch.valid
+        inputs = self.batch_inputs(batch) if inputs is None else inputs
         mask = to_device(valid, self.device)
         inputs = {key: value[mask] for key, value in inputs.items()}  # the valid steps
         values = batch.extras["value"] if "value" in batch.extras else self.batch_values(inputs, valid)
@@ -255,8 +266,7 @@ class PPOAgent(Agent):
         samples = {k: to_device(v, self.device) for k, v in samples.items()}
         for key, value in inputs.items():
             samples["input_" + key] = value
-        # capacity: every step of every trial, the most an iteration yields
-        return self.run_update(samples, self.generator, capacity=valid.size)
+        return samples
 
     def advantages_and_targets(self, batch: TrialBatch, values: np.ndarray):
         """GAE advantages [N, T] and the value function's regression targets."""
