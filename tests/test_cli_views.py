@@ -77,7 +77,11 @@ def test_agents_json_keeps_its_shape(capsys):
     data = json.loads(out)
     assert set(data) == {"agents", "not_implemented"}
     trmrl = next(agent for agent in data["agents"] if agent["name"] == "trmrl")
-    assert set(trmrl) == {"name", "defaults_version", "doc", "keys", "defaults", "presets"}
+    assert set(trmrl) == {"name", "defaults_version", "doc", "keys", "defaults", "presets",
+                          "population"}
+    assert trmrl["population"] is None  # several seeds in one process
+    rl2 = next(agent for agent in data["agents"] if agent["name"] == "rl2")
+    assert "GRU" in rl2["population"]  # why it cannot
     assert "cuda_graphs" in trmrl["keys"] and trmrl["defaults"]["cheetah-vel"]["horizon"] is None
 
 

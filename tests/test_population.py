@@ -13,14 +13,14 @@ import torch
 
 from toy_suite import ToyEnv, ToySuite
 from trmrl import config as cfg
-from trmrl.agents.reference import MemorylessAgent, OracleAgent, ReferenceConfig
-from trmrl.agents.trmrl import TrMRLAgent, TrMRLConfig
+from trmrl.agents.reference import MemorylessAgent, OracleAgent
+from trmrl.agents.trmrl import TrMRLAgent
 from trmrl.errors import ConfigError
 from trmrl.population import Population, StackedAdamW, population_support, split_batch
 from trmrl.sampling import StepInput, TrialSampler
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "my_agent"))
-from my_agent import WorkingMemoryAgent, WorkingMemoryConfig  # noqa: E402
+from my_agent import WorkingMemoryAgent  # noqa: E402
 
 # tiny sizes: 4 trials of 2 episodes x 20 steps = 160 samples, 10 minibatches an epoch
 SIZES = dict(trials_per_update=4, horizon=20, episodes_per_trial=2, minibatch_size=16, epochs=2,
@@ -41,18 +41,19 @@ def trmrl(seed, suite=None, **overrides):
     values, _ = cfg.env_defaults("trmrl", "cheetah-dir")  # defaults v4
     values.update(SIZES, **TRMRL)
     values.update(overrides)
-    return TrMRLAgent(cfg.build(TrMRLConfig, values), suite or ToySuite(), torch.device("cpu"),
-                      seed)
+    settings, config = cfg.build_run(TrMRLAgent, values)  # steps is a trainer setting
+    return TrMRLAgent(config, suite or ToySuite(), torch.device("cpu"), seed, settings=settings)
 
 
 def oracle(seed, suite=None, **overrides):
-    config = cfg.build(ReferenceConfig, {**SIZES, "hidden": [16, 16], **overrides})
-    return OracleAgent(config, suite or ToySuite(), torch.device("cpu"), seed)
+    settings, config = cfg.build_run(OracleAgent, {**SIZES, "hidden": [16, 16], **overrides})
+    return OracleAgent(config, suite or ToySuite(), torch.device("cpu"), seed, settings=settings)
 
 
 def working_memory(seed, suite=None, **overrides):
-    config = cfg.build(WorkingMemoryConfig, {**SIZES, "hidden": [16, 16], **overrides})
-    return WorkingMemoryAgent(config, suite or ToySuite(), torch.device("cpu"), seed)
+    settings, config = cfg.build_run(WorkingMemoryAgent, {**SIZES, "hidden": [16, 16], **overrides})
+    return WorkingMemoryAgent(config, suite or ToySuite(), torch.device("cpu"), seed,
+                              settings=settings)
 
 
 def collect(agent, suite, trials=4, fall_at=None):
@@ -243,10 +244,11 @@ def test_reference_agent_update_with_recorded_values_and_observation_scaling():
     """The memoryless reference: values recorded while acting, one joint AdamW, and each
     member's own observation statistics, which the second update reads (stacked buffers)."""
     suite = ToySuite(fall_at=6)
-    members = [MemorylessAgent(cfg.build(ReferenceConfig, {**SIZES, "hidden": [16, 16],
-                                                           "max_grad_norm": 0.5,
-                                                           "normalize_observations": True}),
-                               suite, torch.device("cpu"), seed) for seed in (0, 1)]
+    settings, config = cfg.build_run(MemorylessAgent, {**SIZES, "hidden": [16, 16],
+                                                       "max_grad_norm": 0.5,
+                                                       "normalize_observations": True})
+    members = [MemorylessAgent(config, suite, torch.device("cpu"), seed, settings=settings)
+               for seed in (0, 1)]
     batches = [collect(member, suite) for member in members]
     population, alone, metrics = update_both(members, batches)
     for member, agent, stats in zip(population.members, alone, metrics[0]):
@@ -419,9 +421,10 @@ def test_refusals_name_the_bad_values(make, message):
 
 
 def test_rl2_members_are_refused():
-    from baselines.rl2.rl2 import RL2Agent, RL2Config
-    agents = [RL2Agent(cfg.build(RL2Config, {**SIZES, "gru_size": 8}), ToySuite(),
-                       torch.device("cpu"), seed) for seed in (0, 1)]
+    from baselines.rl2.rl2 import RL2Agent
+    settings, config = cfg.build_run(RL2Agent, {**SIZES, "gru_size": 8})
+    agents = [RL2Agent(config, ToySuite(), torch.device("cpu"), seed, settings=settings)
+              for seed in (0, 1)]
     with pytest.raises(ConfigError, match="no population for agent rl2: .*GRU"):
         Population(agents)
 

@@ -157,6 +157,39 @@ def test_an_agent_is_one_line_of_config_with_its_own_budget(tmp_path):
     assert pearl and all("--steps" not in line for line in pearl)
 
 
+def test_seeds_per_job_trains_seeds_together_for_agents_with_populations(tmp_path):
+    """seeds_per_job: 2 on seeds 0-2: trmrl's seeds 0 and 1 train in one job (a rule of their
+    own, whose outputs are both seeds' train.done), seed 2 alone; rl2 has no population and
+    keeps one job per seed, which the plan says."""
+    config = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    config.update(agents=["trmrl", "rl2"], envs=["cheetah-vel"], seeds=[0, 1, 2],
+                  ablations={}, seeds_per_job=2)
+    path = write_config(tmp_path / "population.yaml", config)
+    args = ("-n", "-p", "runs", "-s", str(REPO / "Snakefile"), "--configfile", str(path))
+    result = snakemake(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts == {"train": 1 + 3, "train_trmrl_cheetah_vel_seeds_0_1": 1,
+                      "evaluate_adaptation": 6, "evaluate_ood": 6, "runs": 1}
+    population = result.stdout.split("rule train_trmrl_cheetah_vel_seeds_0_1:")[1].split("\n\n")[0]
+    run = "results/quick/runs/cheetah-vel/trmrl"
+    assert f"output: {run}/seed0/train.done, {run}/seed1/train.done" in population
+    assert re.search(rf"trmrl train --agent trmrl --env cheetah-vel --seed 0 1 "
+                     rf"--out '{run}/seed{{seed}}' ", population)
+    # the CPUs and memory of both seeds (quick.yaml: 1 CPU and 2000 MB a run)
+    assert "threads: 2" in population and "mem_mb=4000" in population
+    assert re.search(rf"--seed 2 --out {run}/seed2 ", result.stdout)
+    assert "rl2: one seed per job (rl2 learns from whole-trial minibatches" in result.stdout
+    assert "does not count it" in result.stdout  # the cost plan: runs alone
+    # a seed that finished earlier (trained alone before seeds_per_job was set) leaves the
+    # job planned for both: `trmrl train` keeps the finished run as it is, trains the other
+    (tmp_path / run / "seed0").mkdir(parents=True)
+    (tmp_path / run / "seed0" / "train.done").touch()
+    again = snakemake(tmp_path, *args)
+    assert job_counts(again.stdout)["train_trmrl_cheetah_vel_seeds_0_1"] == 1
+    assert re.search(r"--seed 0 1 --out", again.stdout)
+
+
 # ---------------------------------------------------------------------------------------
 # bad config: rejected before any job, naming the key path and what is allowed
 # ---------------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ def cmd_rollout(args) -> None:
 def cmd_agents(args) -> None:
     from trmrl import config as cfg
     from trmrl.agents import AGENT_NAMES, PLANNED, agent_class
+    from trmrl.population import population_support
 
     agents = []
     for name in AGENT_NAMES:
@@ -211,7 +212,9 @@ def cmd_agents(args) -> None:
         agents.append({"name": name, "defaults_version": data["version"],
                        "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0],
                        "keys": sorted(cfg.run_keys(cls)), "defaults": per_env,
-                       "presets": data.get("presets") or {}})
+                       "presets": data.get("presets") or {},
+                       # null: `trmrl train --seed S1 S2 ...` trains seeds in one process
+                       "population": population_support(cls)})
     if args.json:
         print(json.dumps({"agents": agents, "not_implemented": list(PLANNED)}, indent=2))
         return
@@ -240,6 +243,8 @@ def cmd_agents(args) -> None:
                         if values.get(k) != v and (on_cuda or k not in DEVICE_ONLY)}
                 if diff:
                     print(f"  on {env}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in diff.items()))
+        print("  several seeds in one process (--seed S1 S2 ...): "
+              + ("yes" if agent["population"] is None else f"no: {agent['population']}"))
         if agent["presets"]:
             print("  presets (--set preset=NAME), applied over the env's defaults:")
             for preset, overrides in agent["presets"].items():
@@ -337,16 +342,35 @@ def _fmt(value) -> str:
     return str(value)
 
 
+SEED_FIELD = "{seed}"  # in --out: each seed's run directory
+
+
+def run_dirs(out: str, seeds: list[int]) -> list[str]:
+    """The run directory of each seed: --out with {seed} replaced. Several seeds need {seed}
+    (each trains in its own ordinary run directory) and may not repeat."""
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise UsageError(f"--seed {' '.join(map(str, seeds))}: seed {repeated[0]} is given "
+                         "twice; give each seed once")
+    if len(seeds) > 1 and SEED_FIELD not in out:
+        raise UsageError(f"--out {out}: with several seeds it must hold {SEED_FIELD}, where each "
+                         f"seed's run directory differs (e.g. --out runs/cheetah-vel/trmrl/seed"
+                         f"{SEED_FIELD})")
+    return [out.replace(SEED_FIELD, str(seed)) for seed in seeds]
+
+
 def cmd_train(args) -> None:
     import logging
 
     from trmrl import config as cfg
-    from trmrl.train import resolve, train
+    from trmrl.train import resolve, train_runs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    spec = resolve(args.agent, args.env, args.seed, args.steps, args.device,
-                   cfg.parse_overrides(args.set))
-    train(spec, args.out)
+    directories = run_dirs(args.out, args.seed)
+    overrides = cfg.parse_overrides(args.set)
+    specs = [resolve(args.agent, args.env, seed, args.steps, args.device, overrides)
+             for seed in args.seed]
+    train_runs(specs, directories)
 
 
 def cmd_validate(args) -> None:
@@ -451,8 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="meta-train an agent (resumes from RUN_DIR)")
     train.add_argument("--agent", required=True)
     train.add_argument("--env", required=True, type=env_choice)
-    train.add_argument("--seed", required=True, type=_seed)
-    train.add_argument("--out", required=True, metavar="RUN_DIR")
+    train.add_argument("--seed", required=True, type=_seed, nargs="+", metavar="SEED",
+                       help="one seed, or several: trained at once in one process (a "
+                       "population; PPO agents without a recurrent update, see docs/training.md)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR",
+                       help="the run directory; with several seeds it holds {seed}, e.g. "
+                       "runs/cheetah-vel/trmrl/seed{seed}")
     train.add_argument("--steps", type=_positive_integer("steps"), default=None,
                        help="env-step budget (default: the paper's for this env)")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -11,6 +11,7 @@ stops the run after the current iteration with a checkpoint, so that nothing is 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -31,8 +32,9 @@ import yaml
 import trmrl
 from trmrl import config as cfg
 from trmrl.agents import Agent, agent_class, check_agent_name
-from trmrl.envs import SuiteError, check_env_name, make_suite
-from trmrl.errors import RunError, Terminated, TrainingDiverged, UserError
+from trmrl.envs import SuiteError, TaskSuite, check_env_name, make_suite
+from trmrl.errors import ConfigError, RunError, Terminated, TrainingDiverged, UserError
+from trmrl.population import Population, population_support
 from trmrl.rundir import (CHECKPOINT, CONFIG, METRICS, PROGRESS, RunLock, check_dir_writable,
                           is_fresh, load_checkpoint_file, remove_leftovers)
 from trmrl.sampling import TrialSampler
@@ -346,8 +348,10 @@ class _StopOnSigterm:
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
-def build_agent(spec: RunSpec) -> Agent:
-    suite = make_suite(spec.env)
+def build_agent(spec: RunSpec, suite: TaskSuite | None = None) -> Agent:
+    """The agent of a run (``suite``: the env's suite, if already built: the runs of a
+    population share one)."""
+    suite = make_suite(spec.env) if suite is None else suite
     return agent_class(spec.agent)(spec.hyperparameters, suite, torch.device(spec.device), spec.seed,
                                    settings=spec.settings)
 
@@ -363,177 +367,440 @@ def evaluate_on_test(agent: Agent, sampler: TrialSampler, seed: int) -> tuple[np
     return batch.episode_return, batch.episode_success
 
 
+@dataclass(eq=False)
+class _Run:
+    """One run of a train call: its spec and directory, its agent and evaluation sampler, and
+    what its checkpoint holds (task stream, counters). The training loop drives a list of them:
+    one for a run alone, K for a population."""
+
+    spec: RunSpec
+    dir: Path
+    created: bool = False  # this call created the directory: removed if nothing was written
+    checkpoint: dict[str, Any] | None = None  # the state it resumes from; None: a fresh run
+    agent: Agent | None = None
+    eval_sampler: TrialSampler | None = None
+    task_rng: np.random.Generator | None = None
+    env_steps: int = 0
+    iteration: int = 0
+    sampler_calls: int = 0  # calls of the training sampler so far: part of every reset seed
+    wall_offset: float = 0.0  # wall_s trained by earlier sessions
+    next_eval: float = 0
+    latest_test: float | None = None
+    unsaved: bool = False  # progress since its last checkpoint
+    failed: str | None = None  # why it stopped early (its update diverged)
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def progress_path(self) -> Path:
+        return self.dir / PROGRESS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / METRICS
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    @property
+    def steps(self) -> int:
+        return self.spec.settings.steps
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where it is in training: runs at one position can train together."""
+        return self.iteration, self.sampler_calls
+
+    def training(self) -> bool:
+        return self.failed is None and self.env_steps < self.steps
+
+    def active(self) -> bool:
+        """Training, or an evaluation still due (the one at its end)."""
+        return self.failed is None and (self.env_steps < self.steps
+                                        or self.next_eval <= self.env_steps)
+
+    def checkpoint_bytes(self, wall_s: float) -> bytes:
+        state = {"format": CHECKPOINT_FORMAT, "agent": self.spec.agent, "env": self.spec.env,
+                 "seed": self.spec.seed, "agent_state": self.agent.state_dict(),
+                 "task_rng": self.task_rng.bit_generator.state, "sampler_calls": self.sampler_calls,
+                 "env_steps": self.env_steps, "iteration": self.iteration,
+                 "next_eval": self.next_eval, "wall_s": wall_s, "steps": self.steps,
+                 "latest_test": self.latest_test,
+                 "progress_bytes": self.progress_path.stat().st_size,
+                 "metrics_bytes": (self.metrics_path.stat().st_size
+                                   if self.metrics_path.exists() else 0)}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+
+def _save_checkpoints(runs: list[_Run], wall_s: list[float]) -> None:
+    """Each run's checkpoint, written atomically (tmp file + rename); the renames of several
+    runs follow each other only once every file is written, so that a kill rarely leaves the
+    members of a population at different iterations (a resume would handle it: the runs behind
+    catch up first)."""
+    temporary = []
+    try:
+        for run, wall in zip(runs, wall_s):
+            tmp = run.checkpoint_path.with_name(CHECKPOINT + ".tmp")
+            temporary.append(tmp)
+            with open(tmp, "wb") as handle:
+                handle.write(run.checkpoint_bytes(wall))
+                handle.flush()
+                os.fsync(handle.fileno())
+        for run, tmp in zip(runs, temporary):
+            os.replace(tmp, run.checkpoint_path)
+            run.unsaved = False
+    except BaseException:  # a full disk, a KeyboardInterrupt: leave no half file
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_population(specs: list[RunSpec], run_dirs: list[Path]) -> None:
+    """Several runs in one process: one agent x env with equal hyperparameters and trainer
+    settings, distinct seeds and directories, and an agent that can form a population."""
+    first = specs[0]
+    seeds = [spec.seed for spec in specs]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"--seed {' '.join(map(str, seeds))}: seed {repeated[0]} is given twice; "
+                          "each seed once")
+    resolved = [d.resolve() for d in run_dirs]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise ConfigError(f"seeds {seeds[resolved.index(path)]} and {seeds[i]} would share the "
+                              f"run directory {run_dirs[i]}; put {{seed}} in --out")
+    for spec in specs[1:]:
+        same = (spec.agent, spec.env, spec.device) == (first.agent, first.env, first.device) and \
+            cfg.flatten(spec.settings, spec.hyperparameters) == cfg.flatten(first.settings,
+                                                                            first.hyperparameters)
+        if not same:
+            raise ConfigError(f"seed {spec.seed} differs from seed {first.seed} in more than its "
+                              "seed: runs trained in one process share agent, env, device and "
+                              "every hyperparameter")
+    reason = population_support(agent_class(first.agent))
+    if reason is not None:
+        raise ConfigError(f"agent {first.agent} cannot train several seeds in one process: "
+                          f"{reason}; train each seed on its own (one --seed per `trmrl train`)")
+
+
 def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; returns a summary dict.
 
     The run directory's lock is held throughout: a second train or an evaluate of the same
     directory is refused (RunError) while this one runs. A directory this call created is
     removed again if the run fails before its config.yaml is written."""
-    run_dir = Path(run_dir)
-    check_dir_writable(run_dir, "--out")
-    if not (run_dir / CONFIG).exists() and not is_fresh(run_dir):  # not ours: touch nothing
-        raise RunError(f"{run_dir} exists and is not a trmrl run directory; use another --out")
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {run_dir}: cannot create it ({error.strerror})") from None
-    with RunLock(run_dir):
+    return train_runs([spec], [run_dir])[0]
+
+
+def train_runs(specs: list[RunSpec], run_dirs: list[Path | str]) -> list[dict[str, Any]]:
+    """Train (or resume) runs of one agent x env that differ only by seed, each in its own
+    ordinary run directory, in one process; returns a summary dict per run.
+
+    One run trains alone (:func:`train`); several train as a population
+    (:class:`trmrl.population.Population`: one sampler steps every run's trials, the updates
+    run batched). Each run keeps its own lock (all taken before anything starts), task stream,
+    evaluations and checkpoint, so a run trained in a population resumes alone and vice
+    versa. Runs whose checkpoints are at different iterations first bring the ones behind up
+    to the furthest in smaller populations, then go on together. A run whose update diverges
+    stops alone (its directory keeps its last good checkpoint); TrainingDiverged is raised
+    once the others have finished."""
+    if len(specs) != len(run_dirs) or not specs:
+        raise ValueError(f"{len(specs)} specs for {len(run_dirs)} run directories")
+    runs = [_Run(spec, Path(run_dir)) for spec, run_dir in zip(specs, run_dirs)]
+    if len(runs) > 1:
+        check_population(specs, [run.dir for run in runs])
+    for run in runs:  # every directory checked before any is created or locked
+        check_dir_writable(run.dir, "--out")
+        if not run.config_path.exists() and not is_fresh(run.dir):  # not ours: touch nothing
+            raise RunError(f"{run.dir} exists and is not a trmrl run directory; use another --out")
+    with contextlib.ExitStack() as locks:
         try:
-            return _train_locked(spec, run_dir)
+            for run in runs:
+                run.created = not run.dir.exists()
+                try:
+                    run.dir.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    raise UserError(f"--out {run.dir}: cannot create it "
+                                    f"({error.strerror})") from None
+                locks.enter_context(RunLock(run.dir))
+            return _train_locked(runs)
         except BaseException:
-            if created and is_fresh(run_dir):  # nothing of the run was written: leave no trace
-                for entry in run_dir.iterdir():
-                    entry.unlink(missing_ok=True)
-                run_dir.rmdir()
+            for run in runs:
+                if run.created and is_fresh(run.dir):  # nothing of the run was written: no trace
+                    for entry in run.dir.iterdir():
+                        entry.unlink(missing_ok=True)
+                    run.dir.rmdir()
             raise
 
 
-def _train_locked(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    hp, settings = spec.hyperparameters, spec.settings
-    config_path, progress_path = run_dir / CONFIG, run_dir / PROGRESS
-    metrics_path = run_dir / METRICS
-    checkpoint_path = run_dir / CHECKPOINT
-    if config_path.exists():
+def _open_run_dir(run: _Run) -> None:
+    """Check a locked directory against the run, clear leftovers, load its checkpoint."""
+    spec, run_dir = run.spec, run.dir
+    if run.config_path.exists():
         _check_existing_run(run_dir, spec)
     elif not is_fresh(run_dir):
         raise RunError(f"{run_dir} exists and is not a trmrl run directory; use another --out")
     remove_leftovers(run_dir)  # temp files of writes a killed run did not finish
-    checkpoint = _load_checkpoint(checkpoint_path, spec) if checkpoint_path.exists() else None
-    if checkpoint is not None:
-        trained, budget = checkpoint["env_steps"], checkpoint.get("steps", settings.steps)
+    if run.checkpoint_path.exists():
+        run.checkpoint = checkpoint = _load_checkpoint(run.checkpoint_path, spec)
+        trained, budget = checkpoint["env_steps"], checkpoint.get("steps", run.steps)
         # a budget below what the run has trained, and below the budget it trained for
         # (a finished run may overshoot its own budget by part of an iteration)
-        if settings.steps < trained and settings.steps < budget:
-            raise RunError(f"--steps {settings.steps} is less than the {trained} env steps {run_dir} "
+        if run.steps < trained and run.steps < budget:
+            raise RunError(f"--steps {run.steps} is less than the {trained} env steps {run_dir} "
                            f"has trained; give --steps {trained} or more, or use another --out")
+        run.iteration, run.sampler_calls = checkpoint["iteration"], checkpoint["sampler_calls"]
+        run.env_steps, run.next_eval = checkpoint["env_steps"], checkpoint["next_eval"]
+        if run.next_eval == math.inf and run.env_steps < run.steps:  # finished: a larger budget
+            run.next_eval = run.env_steps + run.spec.hyperparameters.eval_every
+
+
+def _start_run(run: _Run) -> None:
+    """Write a fresh run's config.yaml and file headers, or restore a resumed run's state."""
+    spec, checkpoint = run.spec, run.checkpoint
+    hp, settings = spec.hyperparameters, spec.settings
+    if checkpoint is None:
+        config = yaml.safe_dump(spec.to_yaml(), sort_keys=False).encode()
+        atomic_write_bytes(run.config_path, config)
+        with open(run.progress_path, "w", newline="") as handle:
+            csv.writer(handle).writerow(PROGRESS_COLUMNS)
+        run.metrics_path.unlink(missing_ok=True)  # its header comes with the first iteration
+        log.info("training %s on %s, seed %d, %d env steps, device %s, %d CPU threads -> %s",
+                 spec.agent, spec.env, spec.seed, settings.steps, spec.device,
+                 torch.get_num_threads(), run.dir)
+        return
+    _restore_agent(run.agent, checkpoint, run.checkpoint_path)
+    run.task_rng.bit_generator.state = checkpoint["task_rng"]
+    run.wall_offset, run.latest_test = checkpoint["wall_s"], checkpoint.get("latest_test")
+    _restore_progress(run.progress_path, checkpoint)  # drop rows written after the checkpoint
+    _restore_metrics(run.metrics_path, checkpoint)
+    config = yaml.safe_load(run.config_path.read_text())
+    # record the trainer settings of this session and hyperparameters the run predates (at
+    # their defaults)
+    update = {**cfg.to_dict(settings), **{k: v for k, v in cfg.to_dict(hp).items()
+                                          if k not in config["hyperparameters"]}}
+    if any(config["hyperparameters"].get(k, object()) != v for k, v in update.items()):
+        config["hyperparameters"].update(update)
+        atomic_write_bytes(run.config_path, yaml.safe_dump(config, sort_keys=False).encode())
+    log.info("resuming %s at env step %d of %d, device %s, %d CPU threads", run.dir,
+             run.env_steps, settings.steps, spec.device, torch.get_num_threads())
+
+
+class _Collector:
+    """The training sampler and the policy of the runs that train together: one agent alone,
+    or a Population of several whose trials one sampler of their seeds steps. Rebuilt when
+    that group changes (runs catching up with the others after a resume, a run that finished
+    early or diverged)."""
+
+    def __init__(self, suite: TaskSuite, spec: RunSpec, num_workers: int):
+        self.suite, self.hp, self.settings = suite, spec.hyperparameters, spec.settings
+        self.num_workers = num_workers
+        self.group: list[_Run] = []
+        self.sampler: TrialSampler | None = None
+        self.policy = None
+
+    def bind(self, group: list[_Run]) -> None:
+        if [id(run) for run in group] == [id(run) for run in self.group]:
+            return
+        self.close()
+        hp, settings = self.hp, self.settings
+        seeds = [run.spec.seed for run in group]
+        self.sampler = TrialSampler(self.suite, hp.trials_per_update * len(group),
+                                    horizon=hp.horizon, episodes_per_trial=hp.episodes_per_trial,
+                                    num_workers=self.num_workers,
+                                    seed=seeds[0] if len(group) == 1 else seeds,
+                                    pipeline=settings.pipeline_sampling)
+        if len(group) == 1:
+            self.policy = group[0].agent
+        else:
+            self.policy = Population([run.agent for run in group])
+        self.group = list(group)
+
+    def iterate(self, group: list[_Run]) -> list[Any]:
+        """One learning iteration of every run of ``group`` (all at one position): each run's
+        IterationResult, or the FloatingPointError of a run whose update diverged."""
+        self.bind(group)
+        self.sampler.calls = group[0].sampler_calls
+        # member-major: each run's own tasks, as it samples them alone
+        tasks = [task for run in group for task in
+                 self.suite.sample_tasks(run.task_rng, self.hp.trials_per_update, run.spec.seed)]
+        if len(group) == 1:
+            try:
+                results = [self.policy.train_iteration(self.sampler, tasks)]
+            except FloatingPointError as error:
+                results = [error]
+        else:
+            results = self.policy.train_iteration(self.sampler, tasks)
+        for run in group:
+            run.sampler_calls = self.sampler.calls
+        return results
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+        self.sampler, self.policy, self.group = None, None, []
+
+
+def _train_locked(runs: list[_Run]) -> list[dict[str, Any]]:
+    first = runs[0].spec
+    hp, settings = first.hyperparameters, first.settings
+    for run in runs:
+        _open_run_dir(run)
 
     torch.set_num_threads(available_cpus())
-    agent = build_agent(spec)
-    suite = agent.suite
+    suite = make_suite(first.env)
     try:
-        check_against_suite(spec, suite)
+        for run in runs:
+            run.agent = build_agent(run.spec, suite)
+            check_against_suite(run.spec, suite)
+        if len(runs) > 1:
+            reason = population_support(runs[0].agent)  # e.g. CUDA graphs on a GPU
+            if reason is not None:
+                raise ConfigError(f"agent {first.agent} cannot train several seeds in one process "
+                                  f"here: {reason}; or train each seed on its own (one --seed per "
+                                  "`trmrl train`)")
     except UserError:
-        agent.close()
+        for run in runs:
+            if run.agent is not None:
+                run.agent.close()
         raise
-    sampler = TrialSampler(suite, hp.trials_per_update, horizon=hp.horizon,
-                           episodes_per_trial=hp.episodes_per_trial,
-                           num_workers=settings.num_workers if agent.collects_trainer_trials else 0,
-                           seed=spec.seed, pipeline=settings.pipeline_sampling)
-    torch.set_num_threads(trainer_threads(spec.device, sampler.num_workers))
-    eval_sampler = TrialSampler(suite, min(hp.eval_tasks, 64), horizon=hp.horizon,
-                                episodes_per_trial=hp.episodes_per_trial, seed=spec.seed + 10_000)
-    task_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 7]))
-
-    if checkpoint is None:
-        atomic_write_bytes(config_path, yaml.safe_dump(spec.to_yaml(), sort_keys=False).encode())
-        env_steps, iteration, wall_offset, next_eval = 0, 0, 0.0, 0
-        latest_test = None
-        with open(progress_path, "w", newline="") as handle:
-            csv.writer(handle).writerow(PROGRESS_COLUMNS)
-        metrics_path.unlink(missing_ok=True)  # its header comes with the first iteration
-        log.info("training %s on %s, seed %d, %d env steps, device %s, %d CPU threads -> %s",
-                 spec.agent, spec.env, spec.seed, settings.steps, spec.device, torch.get_num_threads(),
-                 run_dir)
-    else:
-        _restore_agent(agent, checkpoint, checkpoint_path)
-        task_rng.bit_generator.state = checkpoint["task_rng"]
-        sampler.calls = checkpoint["sampler_calls"]
-        env_steps, iteration = checkpoint["env_steps"], checkpoint["iteration"]
-        wall_offset, next_eval = checkpoint["wall_s"], checkpoint["next_eval"]
-        latest_test = checkpoint.get("latest_test")
-        if next_eval == math.inf and env_steps < settings.steps:  # a finished run given a larger budget
-            next_eval = env_steps + hp.eval_every
-        _restore_progress(progress_path, checkpoint)  # drop rows written after the checkpoint
-        _restore_metrics(metrics_path, checkpoint)
-        config = yaml.safe_load(config_path.read_text())
-        # record the trainer settings of this session and hyperparameters the run predates
-        # (at their defaults)
-        update = {**cfg.to_dict(settings), **{k: v for k, v in cfg.to_dict(hp).items()
-                                              if k not in config["hyperparameters"]}}
-        if any(config["hyperparameters"].get(k, object()) != v for k, v in update.items()):
-            config["hyperparameters"].update(update)
-            atomic_write_bytes(config_path, yaml.safe_dump(config, sort_keys=False).encode())
-        log.info("resuming %s at env step %d of %d, device %s, %d CPU threads", run_dir,
-                 env_steps, settings.steps, spec.device, torch.get_num_threads())
+    collects = runs[0].agent.collects_trainer_trials
+    collector = _Collector(suite, first, settings.num_workers if collects else 0)
+    behind = _catching_up(runs)
+    collector.bind(behind)  # the first group's sampler (and its workers) before the thread count
+    torch.set_num_threads(trainer_threads(first.device, collector.num_workers))
+    for run in runs:
+        run.eval_sampler = TrialSampler(suite, min(hp.eval_tasks, 64), horizon=hp.horizon,
+                                        episodes_per_trial=hp.episodes_per_trial,
+                                        seed=run.spec.seed + 10_000)
+        run.task_rng = np.random.default_rng(np.random.SeedSequence([run.spec.seed, 7]))
+        _start_run(run)
+    if len(runs) > 1:
+        log.info("seeds %s train in one process (a population)",
+                 ", ".join(str(run.spec.seed) for run in runs))
+        if len(behind) < len([run for run in runs if run.active()]):
+            at = ", ".join(f"{run.iteration} (seed {run.spec.seed})" for run in runs)
+            log.info("checkpoints at iterations %s: the runs behind catch up first, then all go "
+                     "on together", at)
 
     started = time.perf_counter()
     last_checkpoint = started
-    progress = _Progress(settings.steps, env_steps)
+    progress = _Progress(settings.steps, min(run.env_steps for run in runs))
 
-    def wall() -> float:
-        return wall_offset + time.perf_counter() - started
+    def wall(run: _Run) -> float:
+        return run.wall_offset + time.perf_counter() - started
 
-    def save_checkpoint() -> None:
-        state = {"format": CHECKPOINT_FORMAT, "agent": spec.agent, "env": spec.env,
-                 "seed": spec.seed, "agent_state": agent.state_dict(),
-                 "task_rng": task_rng.bit_generator.state, "sampler_calls": sampler.calls,
-                 "env_steps": env_steps, "iteration": iteration, "next_eval": next_eval,
-                 "wall_s": wall(), "steps": settings.steps, "latest_test": latest_test,
-                 "progress_bytes": progress_path.stat().st_size,
-                 "metrics_bytes": metrics_path.stat().st_size if metrics_path.exists() else 0}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(checkpoint_path, buffer.getvalue())
+    def lagging() -> int:  # the progress shown: the run furthest behind
+        going = [run for run in runs if run.failed is None] or runs
+        return min(run.env_steps for run in going)
+
+    def latest_test() -> float | None:
+        tested = [run.latest_test for run in runs
+                  if run.latest_test is not None and run.failed is None]
+        return float(np.mean(tested)) if tested else None
 
     stop = _StopOnSigterm()
     stop.install()
     try:
-        while env_steps < settings.steps or next_eval <= env_steps:
-            rows = []
-            if next_eval <= env_steps:  # evaluate at 0, eval_every, ... and at the end
-                returns, success = evaluate_on_test(agent, eval_sampler, spec.seed)
-                latest_test = float(returns.mean())
-                rows += _progress_rows(env_steps, wall(), "test", returns, success)
-                next_eval = env_steps + hp.eval_every if env_steps < settings.steps else math.inf
-            if env_steps < settings.steps:
-                tasks = suite.sample_tasks(task_rng, hp.trials_per_update, spec.seed)
-                try:
-                    result = agent.train_iteration(sampler, tasks)
-                except FloatingPointError as error:
-                    kept = (f"the last good checkpoint is kept in {checkpoint_path}"
-                            if checkpoint_path.exists() else "no checkpoint was written yet")
-                    raise TrainingDiverged(
-                        f"training diverged at env step {env_steps}: {error}; {kept}") from None
-                env_steps += result.env_steps
-                iteration += 1
-                rows += _progress_rows(env_steps, wall(), "train", result.episode_return,
-                                       result.episode_success)
-                _append_metrics(metrics_path, env_steps, iteration, wall(), result.metrics)
-                if env_steps >= settings.steps:
-                    next_eval = min(next_eval, env_steps)  # always end with an evaluation
-            with open(progress_path, "a", newline="") as handle:
-                csv.writer(handle).writerows(rows)
-                handle.flush()
-                os.fsync(handle.fileno())
-            progress.update(env_steps, latest_test)
-            done = env_steps >= settings.steps and next_eval > env_steps
-            if done or stop.requested or \
-                    time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s:
-                save_checkpoint()
+        while group := _catching_up(runs):
+            rows: dict[int, list] = {id(run): [] for run in group}
+            for run in group:
+                if run.next_eval <= run.env_steps:  # evaluate at 0, eval_every, ... and at the end
+                    returns, success = evaluate_on_test(run.agent, run.eval_sampler, run.spec.seed)
+                    run.latest_test = float(returns.mean())
+                    rows[id(run)] += _progress_rows(run.env_steps, wall(run), "test", returns,
+                                                    success)
+                    run.next_eval = (run.env_steps + hp.eval_every if run.env_steps < run.steps
+                                     else math.inf)
+            training = [run for run in group if run.training()]
+            if training:
+                for run, result in zip(training, collector.iterate(training)):
+                    if isinstance(result, FloatingPointError):
+                        _diverged(run, result, len(runs))
+                        continue
+                    run.env_steps += result.env_steps
+                    run.iteration += 1
+                    rows[id(run)] += _progress_rows(run.env_steps, wall(run), "train",
+                                                    result.episode_return, result.episode_success)
+                    _append_metrics(run.metrics_path, run.env_steps, run.iteration, wall(run),
+                                    result.metrics)
+                    if run.env_steps >= run.steps:
+                        # always end with an evaluation
+                        run.next_eval = min(run.next_eval, run.env_steps)
+            for run in group:
+                if run.failed is not None:
+                    continue  # its rows since the last checkpoint go at its next resume
+                with open(run.progress_path, "a", newline="") as handle:
+                    csv.writer(handle).writerows(rows[id(run)])
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                run.unsaved = True
+            progress.update(lagging(), latest_test())
+            periodic = stop.requested or \
+                time.perf_counter() - last_checkpoint >= settings.checkpoint_every_s
+            saving = [run for run in runs
+                      if run.failed is None and run.unsaved and (periodic or not run.active())]
+            _save_checkpoints(saving, [wall(run) for run in saving])
+            if periodic:
                 last_checkpoint = time.perf_counter()
-            if stop.requested and not done:
-                raise Terminated(f"terminated by SIGTERM at env step {env_steps} of "
-                                 f"{settings.steps}, checkpoint saved: run the same command to "
-                                 "resume")
+            if stop.requested and any(run.active() for run in runs):
+                at = ", ".join(str(run.env_steps) for run in runs if run.failed is None)
+                raise Terminated(f"terminated by SIGTERM at env step {at} of {settings.steps}, "
+                                 "checkpoint saved: run the same command to resume")
     except Exception as error:
         # the sampler's workers ignore SIGTERM, but one may still die meanwhile (killed outright,
         # out of memory): still a termination (a scheduler may run the job again), not an error
         if stop.requested and not isinstance(error, (Terminated, TrainingDiverged, UserError)):
-            raise Terminated(f"terminated by SIGTERM at env step {env_steps} of {settings.steps} "
+            raise Terminated(f"terminated by SIGTERM at env step "
+                             f"{', '.join(str(run.env_steps) for run in runs)} of {settings.steps} "
                              f"({type(error).__name__}: {error}); the run resumes from its last "
                              "checkpoint") from error
         raise
     finally:
         stop.uninstall()
         progress.close()
-        sampler.close()
-        eval_sampler.close()
-        agent.close()
-    log.info("done: %d env steps in %s, final test return %.2f", env_steps,
-             format_duration(wall()), latest_test if latest_test is not None else float("nan"))
-    return {"env_steps": env_steps, "iterations": iteration, "wall_s": wall(),
-            "test_return": latest_test}
+        collector.close()
+        for run in runs:
+            if run.eval_sampler is not None:
+                run.eval_sampler.close()
+            run.agent.close()
+    failed = [run for run in runs if run.failed is not None]
+    for run in runs:
+        if run.failed is None:
+            log.info("done: %s%d env steps in %s, final test return %.2f",
+                     f"seed {run.spec.seed}: " if len(runs) > 1 else "", run.env_steps,
+                     format_duration(wall(run)),
+                     run.latest_test if run.latest_test is not None else float("nan"))
+    if failed:
+        others = "" if len(failed) == len(runs) else \
+            f"; the other {len(runs) - len(failed)} runs trained to the end"
+        raise TrainingDiverged("; ".join(run.failed for run in failed) + others)
+    return [{"env_steps": run.env_steps, "iterations": run.iteration, "wall_s": wall(run),
+             "test_return": run.latest_test} for run in runs]
+
+
+def _catching_up(runs: list[_Run]) -> list[_Run]:
+    """The runs that go next: the active ones at the earliest position (all of them, unless
+    a resume found their checkpoints at different iterations); empty when all are done."""
+    active = [run for run in runs if run.active()]
+    if not active:
+        return []
+    earliest = min(run.position for run in active)
+    return [run for run in active if run.position == earliest]
+
+
+def _diverged(run: _Run, error: FloatingPointError, population: int) -> None:
+    kept = (f"the last good checkpoint is kept in {run.checkpoint_path}"
+            if run.checkpoint_path.exists() else "no checkpoint was written yet")
+    who = f"seed {run.spec.seed} ({run.dir}): " if population > 1 else ""
+    run.failed = f"{who}training diverged at env step {run.env_steps}: {error}; {kept}"
+    if population > 1:
+        log.error("%s; it stops, the other runs go on", run.failed)
 
 
 def load_run(run_dir: Path | str, device: str = "auto") -> tuple[RunSpec, Agent]:
@@ -573,4 +840,4 @@ def _restore_agent(agent: Agent, state: dict[str, Any], path: Path) -> None:
 
 
 __all__ = ["PROGRESS_COLUMNS", "RunError", "RunSpec", "TrainingDiverged", "load_run", "resolve",
-           "train", "SuiteError"]
+           "train", "train_runs", "SuiteError"]

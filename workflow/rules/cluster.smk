@@ -169,7 +169,8 @@ def check_slurm_profile(jobs, facts):
     requested = max([config["resources"][kind]["cpus"] for kind in ("train", "evaluate")]
                     + [env["cpus"] for kind in ("train", "evaluate")
                        for env in config["resources"][kind].get("envs", {}).values()
-                       if "cpus" in env])
+                       if "cpus" in env]
+                    + [population_resource(job, "cpus") for job in POPULATION_JOBS])
     cap = (f"`cores: {cores}` caps the cluster jobs at {cores} CPUs in all; with --profile "
            "profiles/slurm, profiles/default's `cores: all` applies too: use --workflow-profile "
            "profiles/slurm")

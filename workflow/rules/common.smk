@@ -190,6 +190,10 @@ def print_cost_plan(executable, runs):
         lines = result.stderr.strip().splitlines() or ["(no message)"]
         raise config_error(["plan_machine"], lines[-1].removeprefix("trmrl: error: "))
     print(result.stdout, end="")
+    if config["seeds_per_job"] > 1 and POPULATION_JOBS:
+        print(f"cost plan: the hours are each run's alone; with seeds_per_job: "
+              f"{config['seeds_per_job']} some seeds share a job (above), whose speed the rates "
+              "table does not measure, so the plan does not count it")
 
 
 # ---------------------------------------------------------------------------------------
@@ -330,6 +334,115 @@ def is_trained(run):
     return os.path.exists(f"{run.path}/train.done")
 
 
+@dataclass(frozen=True, eq=False)
+class PopulationJob:
+    """Several seeds of one agent x env (x ablation variant, x revision) trained in one job,
+    `trmrl train --seed S1 S2 ... --out <env>/<agent dir>/seed{seed}[-rev<R>]` (`seeds_per_job`)."""
+
+    runs: tuple  # its Runs, in plan order
+
+    @property
+    def seeds(self):
+        return [run.seed for run in self.runs]
+
+    @property
+    def suffix(self):
+        return f"-rev{self.runs[0].revision}" if self.runs[0].revision else ""
+
+    @property
+    def rule_name(self):
+        """train_<agent dir>_<env>_seeds_<S1>_<S2>...[_rev<R>], letters, digits and _ only."""
+        run = self.runs[0]
+        name = f"train_{run.agent_dir}_{run.env}_seeds_{'_'.join(map(str, self.seeds))}"
+        return re.sub(r"\W", "_", name + self.suffix.replace("-", "_"))
+
+    @property
+    def out(self):
+        """--out: each seed's run directory, {seed} for the seed."""
+        run = self.runs[0]
+        return f"{RESULTS}/runs/{run.env}/{run.agent_dir}/seed{{seed}}{self.suffix}"
+
+    @property
+    def log(self):
+        run = self.runs[0]
+        seeds = "-".join(map(str, self.seeds))
+        return f"{LOGS}/train/{run.env}/{run.agent_dir}/seeds{seeds}{self.suffix}.log"
+
+
+def plan_population_jobs(runs, seeds_per_job):
+    """The jobs that train several seeds at once: the runs of one run directory but for the
+    seed, in groups of `seeds_per_job`, for agents that support populations (`trmrl agents
+    --json`: population null). A group of one stays a job of the `train` rule."""
+    if seeds_per_job == 1:
+        return []
+    groups = {}
+    for run in runs:
+        if AGENTS[run.agent]["population"] is None:
+            groups.setdefault((run.env, run.agent_dir, run.revision), []).append(run)
+    jobs = []
+    for members in groups.values():
+        for first in range(0, len(members), seeds_per_job):
+            chunk = tuple(members[first:first + seeds_per_job])
+            if len(chunk) > 1:
+                jobs.append(PopulationJob(chunk))
+    names = [job.rule_name for job in jobs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # ablation variants whose names differ only in punctuation
+        raise WorkflowError(f"two population jobs would be rule {repeated[0]}; use "
+                            "seeds_per_job: 1 or rename the ablation study's values")
+    return jobs
+
+
+def print_population_plan(jobs, runs):
+    """A dry run says which runs train together and which agents train one seed per job."""
+    per_job = config["seeds_per_job"]
+    if per_job == 1:
+        return
+    alone = {run.agent: AGENTS[run.agent]["population"] for run in runs
+             if AGENTS[run.agent]["population"] is not None}
+    together = sum(len(job.runs) for job in jobs)
+    print(f"seeds_per_job: {per_job}: {together} runs train in {len(jobs)} jobs of several "
+          f"seeds (`trmrl train --seed S1 S2 ...`, one process each); the other "
+          f"{len(runs) - together} runs one seed per job")
+    for agent, reason in alone.items():
+        print(f"  {agent}: one seed per job ({reason})")
+
+
+def population_resource(job, key):
+    """A population job's resource `key`: what one of its runs asks for (`resources.train`,
+    per env; a profile's `set-resources: train` wins) times its seeds for CPUs, memory and
+    time, unchanged for GPUs and everything else (one GPU is shared by the seeds)."""
+    spec = config["resources"]["train"]
+    env = job.runs[0].env
+    value = spec.get("envs", {}).get(env, {}).get(key, spec[key])
+    name = "cpus_per_task" if key == "cpus" else key
+    if isinstance(train_overrides().get(name), int):
+        value = train_overrides()[name]
+    if key == "gpu":
+        return max(value, 1 if str(config["device"]).startswith("cuda") else 0)
+    return value * len(job.runs)
+
+
+def constant(value):
+    """A params value that snakemake passes on as it is (a string would be formatted with
+    wildcards, and --out holds a literal {seed})."""
+    return lambda wildcards: value
+
+
+def train_overrides():
+    """`set-resources: train:` of the profile or command line, as written there."""
+    overrides = (workflow.resource_settings.overwrite_resources or {}).get("train", {})
+    return {name: getattr(value, "raw", value) for name, value in overrides.items()}
+
+
+def train_profile_resources():
+    """What a profile sets for `train` jobs that population jobs take as they are (the
+    partition, the GPU model, the account...): all but the sizes, which
+    population_resource scales."""
+    return {key: value for key, value in train_overrides().items()
+            if key not in ("cpus_per_task", "mem_mb", "mem", "runtime", "gpu")}
+
+
 # ---------------------------------------------------------------------------------------
 # Helpers the rules use
 # ---------------------------------------------------------------------------------------
@@ -410,7 +523,7 @@ def check_local_gpus():
     """Before the first local job: `gpus` against this machine's GPUs (an id it lacks, or
     `device: cuda` where there is none), one line naming the key."""
     jobs = {job.rule.name for job in workflow.dag.needrun_jobs()}
-    if JOB_GPUS is None or not jobs & {"train", "evaluate_adaptation", "evaluate_ood"}:
+    if JOB_GPUS is None or not jobs & {*TRAIN_RULES, "evaluate_adaptation", "evaluate_ood"}:
         return  # e.g. figures from runs trained elsewhere
     try:
         gpus = RUN_JOB.resolve_gpus(JOB_GPUS)
@@ -515,7 +628,11 @@ RUNS_BY_PATH = index_runs(MAIN_RUNS + ABLATION_RUNS)
 ALL_RUNS = list(RUNS_BY_PATH.values())
 RUN_ENVS = [run.env for run in ALL_RUNS]
 check_runs_resolve(TRMRL, ALL_RUNS)
+# seeds_per_job > 1: the seeds that train together, one job (rule) each
+POPULATION_JOBS = plan_population_jobs(ALL_RUNS, config["seeds_per_job"])
+TRAIN_RULES = ["train", *(job.rule_name for job in POPULATION_JOBS)]
 if workflow.output_settings.dryrun:  # known at parse time; onstart does not run in dry runs
+    print_population_plan(POPULATION_JOBS, ALL_RUNS)
     print_cost_plan(TRMRL, ALL_RUNS)
 OOD_RUNS = [run for run in MAIN_RUNS if has_ood(run.env)]
 REFERENCE_AGENTS = ("oracle", "memoryless")

@@ -40,3 +40,51 @@ rule train:
         f"{JOB} --log {{log}} --attempt {{resources.attempt}} -- "
         "trmrl train --agent {params.agent} --env {wildcards.env} --seed {wildcards.seed} "
         "--out {params.run_dir} {params.steps} --device {params.device} {params.overrides}"
+
+
+# seeds_per_job > 1: the seeds of one agent x env (x ablation variant) train in one job, one
+# process (`trmrl train --seed S1 S2 ... --out .../seed{seed}`), for agents that support it.
+# One rule per such job, named after its runs (train_<agent dir>_<env>_seeds_<S1>_<S2>...).
+# Its outputs are the train.done markers of its seeds, which the rules downstream read as
+# before; Snakemake prefers a rule without wildcards to `train` for a file both could make, so
+# each run has exactly one job. A retry resumes every seed from its own checkpoint.
+for population in POPULATION_JOBS:
+    first = population.runs[0]
+
+    rule:
+        name:
+            population.rule_name
+        output:
+            [touch(f"{run.path}/train.done") for run in population.runs],
+        log:
+            population.log,
+        params:
+            agent=first.agent,
+            env=first.env,
+            seeds=" ".join(map(str, population.seeds)),
+            out=constant(shlex.quote(population.out)),
+            steps=f"--steps {first.steps}" if first.steps else "",
+            # a population acts and learns eagerly: without CUDA graphs on a GPU
+            overrides=first.set_args()
+            + (
+                " --set cuda_graphs=false"
+                if str(config["device"]) != "cpu" and "cuda_graphs" in AGENTS[first.agent]["keys"]
+                else ""
+            ),
+            device=job_device(),
+        threads: population_resource(population, "cpus")
+        resources:
+            mem_mb=population_resource(population, "mem_mb"),
+            runtime=population_resource(population, "runtime"),
+            gpu=population_resource(population, "gpu"),
+            cpus_per_task=population_resource(population, "cpus"),
+            attempt=lambda wildcards, attempt: attempt,
+            **train_profile_resources(),
+        conda:
+            "../../environment.yml"
+        # as the train rule: run_job.py holds the job's GPU slot and CPUs; a real error (exit
+        # 1: a seed diverged, the others trained to the end; 2: bad input) is not retried
+        shell:
+            f"{JOB} --log {{log}} --attempt {{resources.attempt}} -- "
+            "trmrl train --agent {params.agent} --env {params.env} --seed {params.seeds} "
+            "--out {params.out} {params.steps} --device {params.device} {params.overrides}"
