@@ -157,8 +157,9 @@ def test_acting_equals_each_member_alone(make):
         rows = slice(k * N, (k + 1) * N)
         agent.reset(N)
         for t in range(batch.obs.shape[1]):
-            step = StepInput(batch.obs[rows, t], batch.prev_action[rows, t], batch.prev_reward[rows, t],
-                             batch.episode_start[rows, t], batch.valid[rows, t], batch.task_features[rows])
+            step = StepInput(batch.obs[rows, t], batch.prev_action[rows, t],
+                             batch.prev_reward[rows, t], batch.episode_start[rows, t],
+                             batch.valid[rows, t], batch.task_features[rows])
             out = agent.act(step)
             # one vmapped call for all members vs one member's call: batched matrix
             # products sum in another order, float32 rounding
@@ -239,18 +240,23 @@ def test_members_with_different_sample_counts():
         assert_optimizers_close(member, agent)
 
 
-def test_reference_agent_update_with_recorded_values():
-    """The memoryless reference: values recorded while acting, one joint AdamW."""
+def test_reference_agent_update_with_recorded_values_and_observation_scaling():
+    """The memoryless reference: values recorded while acting, one joint AdamW, and each
+    member's own observation statistics, which the second update reads (stacked buffers)."""
     suite = ToySuite(fall_at=6)
     settings, config = cfg.build_run(MemorylessAgent, {**SIZES, "hidden": [16, 16],
-                                                       "max_grad_norm": 0.5})
+                                                       "max_grad_norm": 0.5,
+                                                       "normalize_observations": True})
     members = [MemorylessAgent(config, suite, torch.device("cpu"), seed, settings=settings)
                for seed in (0, 1)]
     batches = [collect(member, suite) for member in members]
     population, alone, metrics = update_both(members, batches)
     for member, agent, stats in zip(population.members, alone, metrics[0]):
-        assert_params_close(member, agent, steps=2 * stats["minibatch_steps"])
+        assert_params_close(member, agent, steps=4 * stats["minibatch_steps"])
         assert_optimizers_close(member, agent)
+        # the member's own normaliser, on its own batch: one code path
+        assert_state_equal(member.obs_normalizer.state_dict(), agent.obs_normalizer.state_dict())
+        assert float(member.obs_normalizer.count) == 2 * batches[0].env_steps
 
 
 def test_a_diverging_member_stops_alone_and_can_be_dropped():
@@ -345,7 +351,8 @@ def test_stacked_adamw_equals_torch_adamw():
     lrs = [1e-3, 3e-4, 5e-2]
     members = [[torch.nn.Parameter(torch.randn(shape)) for shape in shapes] for _ in range(K)]
     torch_optimizers = [torch.optim.AdamW([{"params": params[:2], "lr": lr},
-                                           {"params": params[2:], "lr": 2 * lr, "weight_decay": 0.0}],
+                                           {"params": params[2:], "lr": 2 * lr,
+                                            "weight_decay": 0.0}],
                                           lr=lr, weight_decay=0.01)
                         for params, lr in zip(members, lrs)]
     flat = torch.cat([torch.stack([params[i].detach().reshape(-1) for params in members])
@@ -392,6 +399,9 @@ def test_supported_agents():
     assert "overrides PPOAgent.update" in population_support(VariBADAgent)
     assert "not a PPO agent" in population_support(MAMLAgent)
     assert "not a PPO agent" in population_support(PEARLAgent)
+    graphed = trmrl(0)
+    graphed.graphed = True  # as built on a GPU with cuda_graphs
+    assert "set cuda_graphs=false" in population_support(graphed)
 
 
 @pytest.mark.parametrize("make, message", [

@@ -12,11 +12,19 @@ checkpoints, and :class:`Population` does for every member what the member's own
 - the update: each member's samples (``timestep_samples``: its own values, advantages and
   targets) and its own minibatch order (its generator), then for every minibatch step one
   vmapped loss, one backward on the sum of the members' losses, a gradient-norm clip per
-  member and one AdamW step over the stacked parameters (:class:`StackedAdamW`). Members
-  with fewer samples (early terminations) get minibatches padded with weight-0 rows; a member
-  with no step left in a phase, or stopped by its KL, is masked: its parameters and
-  optimiser state stay untouched. Afterwards each member's parameters, AdamW state, lr and
-  step clock are written back into the member.
+  member and one AdamW step over the stacked parameters (:class:`StackedAdamW`; the members'
+  parameters are the rows of one tensor [K, total], so that a step is a few operations over
+  all of them). Members with fewer samples (early terminations) get minibatches padded with
+  weight-0 rows; a member with no step left in a phase, or stopped by its KL, is masked:
+  its parameters and optimiser state stay untouched. Afterwards each member's parameters,
+  AdamW state, lrs and step clocks are written back into the member.
+
+Which agents can be members: :func:`population_support` (TrMRL, the oracle and memoryless
+references, PPO agents of other packages with timestep minibatches; not RL2, whose
+whole-trial minibatches run an ``nn.GRU`` that vmap cannot batch, nor VariBAD, MAML or PEARL).
+On a CPU, where the update is bound by arithmetic that grows with K, a population of 4 saved
+1.2-1.5x of the update's time on one core (benchmarks/population_update.py); it pays most
+where a step is bound by per-operation latency (a GPU, small models).
 
 The algorithm's own code (ppo.py, ppo_agent.py) knows nothing of this: the losses are the
 members' own loss objects, run under ``functional_call``. Results equal the members' own
@@ -51,7 +59,8 @@ POPULATION_RUNS = ("act", "reset", "update", "update_ppo", "train_iteration", "s
 NOT_PPO = {
     "maml": "MAML-TRPO is not a PPO agent: its meta-gradient (TRPO through an inner step) and "
             "its one-episode trials run its own update",
-    "pearl": "PEARL is not a PPO agent: off-policy SAC with a replay buffer and samplers of its own",
+    "pearl": "PEARL is not a PPO agent: off-policy SAC with a replay buffer and samplers of "
+             "its own",
 }
 
 
@@ -86,7 +95,8 @@ def check_members(agents: list[PPOAgent]) -> None:
     first = agents[0]
     classes = sorted({type(agent).__qualname__ for agent in agents})
     if len(classes) > 1:
-        raise ConfigError(f"population members must be of one agent class, got {', '.join(classes)}")
+        raise ConfigError(f"population members must be of one agent class, got "
+                          f"{', '.join(classes)}")
     reason = population_support(first)
     if reason is not None:
         raise ConfigError(f"no population for agent {getattr(first, 'name', '?')}: {reason}")
@@ -95,9 +105,11 @@ def check_members(agents: list[PPOAgent]) -> None:
         values = cfg.to_dict(agent.config)
         differing = sorted(key for key in reference if values.get(key) != reference[key])
         if differing:
-            shown = ", ".join(f"{key} ({reference[key]!r} vs {values.get(key)!r})" for key in differing)
+            shown = ", ".join(f"{key} ({reference[key]!r} vs {values.get(key)!r})"
+                              for key in differing)
             raise ConfigError(f"population members must have equal hyperparameters and differ "
-                              f"only by seed; seed {first.seed} and seed {agent.seed} differ in {shown}")
+                              f"only by seed; seed {first.seed} and seed {agent.seed} differ in "
+                              f"{shown}")
         if agent.suite.name != first.suite.name or agent.device != first.device:
             raise ConfigError(f"population members must share env and device: seed {first.seed} "
                               f"has {first.suite.name} on {first.device}, seed {agent.seed} has "
@@ -125,9 +137,9 @@ class StackedAdamW:
     counts [K, parameters] (per parameter, as torch keeps them).
     """
 
-    def __init__(self, flat: torch.Tensor, spans: list[tuple[int, int]], groups: list[dict[str, Any]],
-                 betas: tuple[float, float], eps: float, exp_avg: torch.Tensor,
-                 exp_avg_sq: torch.Tensor, steps: np.ndarray):
+    def __init__(self, flat: torch.Tensor, spans: list[tuple[int, int]],
+                 groups: list[dict[str, Any]], betas: tuple[float, float], eps: float,
+                 exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, steps: np.ndarray):
         self.flat, self.spans, self.groups = flat, spans, groups
         self.betas, self.eps = betas, eps
         self.exp_avg, self.exp_avg_sq, self.steps = exp_avg, exp_avg_sq, steps
@@ -171,7 +183,8 @@ class StackedAdamW:
                        [-(lr / (1 - beta1 ** step)) for lr, step in zip(lrs, steps)],
                        [(1 - beta2 ** step) ** 0.5 for step in steps]]
             # a Python scalar per member, cast as torch casts one: to float32
-            decay, step_size, correction2 = torch.tensor(scalars, dtype=dtype, device=device)[..., None]
+            decay, step_size, correction2 = torch.tensor(scalars, dtype=dtype,
+                                                         device=device)[..., None]
             state = slice(state_first, state_first + stop - first)
             param, grad = self.flat[:, first:stop], grads[:, first:stop]
             exp_avg, exp_avg_sq = self.exp_avg[:, state], self.exp_avg_sq[:, state]
@@ -242,7 +255,8 @@ class StackedAdamW:
                 own["exp_avg_sq"].copy_(exp_avg_sq)
             else:  # as torch's lazy initialisation makes them (a CPU step count)
                 optimizer.state[param] = {"step": torch.tensor(float(steps), dtype=scalar_dtype()),
-                                          "exp_avg": exp_avg.clone(), "exp_avg_sq": exp_avg_sq.clone()}
+                                          "exp_avg": exp_avg.clone(),
+                                          "exp_avg_sq": exp_avg_sq.clone()}
 
 
 def in_flat_order(spans: list[tuple[int, int]]) -> list[int]:
@@ -305,12 +319,12 @@ def split_batch(batch: TrialBatch, parts: int) -> list[TrialBatch]:
     """A member-major batch of ``parts`` x N trials as ``parts`` batches of N (views)."""
     n = batch.num_trials // parts
 
-    def rows(k: int) -> TrialBatch:
+    def member_rows(k: int) -> TrialBatch:
         rows = slice(k * n, (k + 1) * n)
         fields = {field.name: getattr(batch, field.name)[rows]
                   for field in dataclasses.fields(batch) if field.name != "extras"}
         return TrialBatch(**fields, extras={key: v[rows] for key, v in batch.extras.items()})
-    return [rows(k) for k in range(parts)]
+    return [member_rows(k) for k in range(parts)]
 
 
 def step_rows(step: StepInput, rows: slice) -> StepInput:
@@ -369,7 +383,8 @@ class Population:
         buffers = [dict(member.model.named_buffers()) for member in self.members]
         dtypes = {param.dtype for param in named[0].values()}
         if len(dtypes) > 1:
-            raise ConfigError(f"a population needs parameters of one dtype, got {sorted(map(str, dtypes))}")
+            raise ConfigError(f"a population needs parameters of one dtype, got "
+                              f"{sorted(map(str, dtypes))}")
         self.flat = torch.cat([torch.stack([n[name].detach().reshape(-1) for n in named])
                                for name in named[0]], 1)
         K, first = len(named), 0
@@ -379,7 +394,8 @@ class Population:
             view = self.flat[:, first:first + param.numel()].view(K, *param.shape)
             self.params["model." + name] = view.requires_grad_(True)
             first += param.numel()
-        self.buffers = {"model." + name: torch.stack([b[name] for b in buffers]) for name in buffers[0]}
+        self.buffers = {"model." + name: torch.stack([b[name] for b in buffers])
+                        for name in buffers[0]}
 
     # -- acting: a TrialPolicy over K x N rows ---------------------------------------------
     def reset(self, num_trials: int) -> None:
@@ -415,7 +431,8 @@ class Population:
         return PolicyOutput(columns[:, :act_dim], extras)
 
     def _acting_call(self, params, buffers, memory, x, noise):
-        columns, memory, latent = functional_call(self._acting, (params, buffers), (memory, x, noise))
+        columns, memory, latent = functional_call(self._acting, (params, buffers),
+                                                  (memory, x, noise))
         out = {"columns": columns, "memory": memory}
         if latent is not None:  # vmap returns tensors only
             out["latent"] = latent
@@ -469,7 +486,8 @@ class Population:
             optimizers.append(adam)
             orders = [minibatch_indices(count, config, member.generator)
                       for count, member in zip(counts, members)]
-            totals, updates = self._run_phase(p, phase, adam, span_of[0], orders, stacked, clocks[:, p])
+            totals, updates = self._run_phase(p, phase, adam, span_of[0], orders, stacked,
+                                              clocks[:, p])
             for k in range(K):
                 results[k].append((totals[k], int(updates[k])))
 
@@ -499,7 +517,8 @@ class Population:
         trained = [self.spans.index(span) for span in adam.spans]
         clip = sorted({span_of[id(param)] for param in phase.params})
         clip_all = sum(size for _, size in clip) == self.flat.shape[1]
-        clip_columns = torch.cat([torch.arange(first, first + size) for first, size in clip]).to(device)
+        clip_columns = torch.cat([torch.arange(first, first + size)
+                                  for first, size in clip]).to(device)
         loss = vmap(lambda params, buffers, minibatch, weight: functional_call(
             self._losses[p], (params, buffers), (minibatch, weight)))
         while True:
@@ -517,8 +536,8 @@ class Population:
             for group in adam.groups:  # each member's lr at its own step clock
                 if group["schedule"] == "decay":
                     for k in indices:
-                        group["lr"][k] = group["base_lr"] * decay_factor(int(clocks[k]),
-                                                                          phase.steps_per_epoch, config)
+                        factor = decay_factor(int(clocks[k]), phase.steps_per_epoch, config)
+                        group["lr"][k] = group["base_lr"] * factor
             # the members' minibatches, padded to the longest with weight-0 copies of a sample
             width = max(len(index) for index in indices.values())
             chosen = torch.zeros(len(indices), width, dtype=torch.long)
@@ -535,8 +554,8 @@ class Population:
                 buffers = {name: value[who] for name, value in buffers.items()}
             losses, stats = loss(params, buffers, minibatch, weight)
             grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
-            grads_flat = torch.cat([(torch.zeros_like(leaf) if grad is None else grad).reshape(K, -1)
-                                    for leaf, grad in zip(leaves, grads)], 1)
+            grads_flat = torch.cat([(torch.zeros_like(leaf) if grad is None else grad)
+                                    .reshape(K, -1) for leaf, grad in zip(leaves, grads)], 1)
             if config.max_grad_norm > 0:  # as clip_grad_norm_, per member
                 clipped = grads_flat if clip_all else grads_flat.index_select(1, clip_columns)
                 norm = torch.linalg.vector_norm(clipped, 2, dim=1, keepdim=True)
@@ -563,7 +582,8 @@ class Population:
         return totals, updates
 
     def _write_back(self, k: int, member: PPOAgent, optimizers: list[StackedAdamW],
-                    clocks: np.ndarray, results: list[tuple[torch.Tensor, int]]) -> dict[str, float]:
+                    clocks: np.ndarray,
+                    results: list[tuple[torch.Tensor, int]]) -> dict[str, float]:
         """Member ``k``'s update as its own: its lrs and step clocks, finish's metrics and
         lr_decay, then its parameters and AdamW state. Where finish finds the stats non-finite
         it raises, and the member is left as it was."""
