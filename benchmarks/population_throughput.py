@@ -11,6 +11,11 @@ update; task sampling, evaluations and checkpoints are left out of both.
 
     python benchmarks/population_throughput.py --env ml1-reach --set num_workers=2
     python benchmarks/population_throughput.py --env cheetah-vel --iterations 2
+    python benchmarks/population_throughput.py --device cuda --seeds 8 --set num_workers=14
+
+On a GPU both sides replay their updates from CUDA graphs (`cuda_graphs`, the default; the
+population where every member steps at every minibatch step); `--set cuda_graphs=false`
+measures both eagerly.
 
 The separate runs go around the population (half of them before it, half after), so that a
 load that changes during the measurement falls on both sides alike; the load averages before
@@ -42,6 +47,12 @@ def task_stream(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, 7]))
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device, so that a phase's time includes its queued GPU work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def separate_run(spec, suite, iterations: int) -> dict[str, float]:
     """One seed alone for ``iterations`` iterations: seconds sampling and updating, env steps."""
     hp, settings = spec.hyperparameters, spec.settings
@@ -61,6 +72,7 @@ def separate_run(spec, suite, iterations: int) -> dict[str, float]:
             agent.model.train()
             sampled = time.perf_counter()
             agent.update(batch)
+            synchronize(agent.device)
             totals["sample_s"] += sampled - began
             totals["update_s"] += time.perf_counter() - sampled
             totals["env_steps"] += batch.env_steps
@@ -94,6 +106,7 @@ def population_run(specs, suite, iterations: int) -> dict[str, float]:
                 member.model.train()
             sampled = time.perf_counter()
             results = population.update(batch.split(K))
+            synchronize(population.device)
             totals["sample_s"] += sampled - began
             totals["update_s"] += time.perf_counter() - sampled
             totals["env_steps"] += batch.env_steps
@@ -113,22 +126,23 @@ def main() -> None:
     parser.add_argument("--env", default="ml1-reach")
     parser.add_argument("--seeds", type=int, default=4, help="K: runs, and population members")
     parser.add_argument("--iterations", type=int, default=1, help="learning iterations per run")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter or trainer setting, for both sides")
     args = parser.parse_args()
     if args.seeds < 2 or args.iterations < 1:
         parser.error("--seeds must be at least 2 and --iterations at least 1")
     overrides = cfg.parse_overrides(args.set)
-    specs = [resolve(args.agent, args.env, seed, device="cpu", overrides=overrides)
+    specs = [resolve(args.agent, args.env, seed, device=args.device, overrides=overrides)
              for seed in range(args.seeds)]
     hp, settings = specs[0].hyperparameters, specs[0].settings
-    default_epochs = resolve(args.agent, args.env, 0, device="cpu").hyperparameters.epochs
+    default_epochs = resolve(args.agent, args.env, 0, device=args.device).hyperparameters.epochs
     suite = make_suite(args.env)
-    torch.set_num_threads(trainer_threads("cpu", settings.num_workers))  # as `trmrl train`
+    torch.set_num_threads(trainer_threads(args.device, settings.num_workers))  # as `trmrl train`
     load_before = os.getloadavg()
     print(f"{args.agent} on {args.env}: {args.seeds} seeds, {args.iterations} iteration(s) each, "
           f"{hp.trials_per_update} trials per run and iteration, epochs={hp.epochs}, "
-          f"num_workers={settings.num_workers}, {available_cpus()} CPUs, "
+          f"num_workers={settings.num_workers}, {available_cpus()} CPUs, {args.device}, "
           f"{torch.get_num_threads()} torch threads; load average {load_before[0]:.2f}")
 
     half = args.seeds // 2

@@ -16,7 +16,9 @@ from trmrl import config as cfg
 from trmrl.agents.reference import MemorylessAgent, OracleAgent
 from trmrl.agents.trmrl import TrMRLAgent
 from trmrl.errors import ConfigError
-from trmrl.population import Population, StackedAdamW, population_support, split_batch
+from trmrl.population import (Population, StackedAdamW, population_support, scheduled_minibatches,
+                              split_batch)
+from trmrl.ppo import minibatch_indices
 from trmrl.sampling import StepInput, TrialSampler
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "my_agent"))
@@ -186,11 +188,11 @@ def test_deterministic_acting_and_latents():
 
 
 # -- the update ------------------------------------------------------------------------------
-def update_both(members, batches, iterations=2):
-    """Update a population of ``members`` and copies of them alone on the same batches;
-    (the population, the copies, the copies' metrics per iteration)."""
+def update_both(members, batches, iterations=2, **population):
+    """Update a population of ``members`` (options ``population``) and copies of them alone
+    on the same batches; (the population, the copies, the copies' metrics per iteration)."""
     alone = copy.deepcopy(members)
-    population = Population(members)
+    population = Population(members, **population)
     metrics = []
     for _ in range(iterations):
         ours = population.update(batches)
@@ -221,6 +223,89 @@ def test_update_equals_each_member_alone(overrides):
     else:  # both phases ran every minibatch; the lr decayed inside the iterations
         assert steps == [[2 * 2 * 10] * 3] * 2
         assert metrics[1][0]["lr_policy"] < metrics[0][0]["lr_policy"] < 1e-3
+
+
+# -- the scheduled update (what a GPU replays from CUDA graphs), here on the CPU ------------
+def test_scheduled_minibatches_are_minibatch_indices_draws():
+    """The schedule draws each member's permutations from its generator as the per-step
+    path does: the same minibatches in the same order, the generators left alike."""
+    config = cfg.build_run(TrMRLAgent, {**SIZES, **TRMRL})[1]
+    drawn = [torch.Generator().manual_seed(seed) for seed in (3, 4)]
+    index, weight = scheduled_minibatches(150, config, drawn)  # 150 = 9 x 16 + 6
+    assert index.shape == weight.shape == (2 * 10, 2, 16)
+    for k, seed in enumerate((3, 4)):
+        generator = torch.Generator().manual_seed(seed)
+        expected = list(minibatch_indices(150, config, generator))
+        assert len(expected) == index.shape[0]
+        for t, minibatch in enumerate(expected):
+            n = len(minibatch)
+            assert torch.equal(index[t, k, :n], minibatch)
+            assert weight[t, k, :n].eq(1).all() and weight[t, k, n:].eq(0).all()
+            assert index[t, k, n:].eq(minibatch[0]).all()  # padding repeats a real sample
+        assert torch.equal(generator.get_state(), drawn[k].get_state())
+
+
+@pytest.mark.parametrize("overrides", [V4, {**STABILISED, "target_kl": 0.0}],
+                         ids=["v4-shared-encoder", "joint-clipped"])
+def test_scheduled_update_equals_each_member_alone(overrides):
+    """Every phase scheduled (equal sample counts, no KL stop): each step a fixed-shape
+    function over all members, the lrs and bias corrections made before the first step.
+    Minibatches of 12: an epoch of 160 samples ends on a padded minibatch of 4, and a phase
+    (2 x 14 steps) outlasts the lr schedule's epoch (2 x 160 // 12 = 26 steps), so the
+    decaying lr changes inside a phase."""
+    suite = ToySuite()
+    members = [trmrl(seed, suite, **{**overrides, "minibatch_size": 12}) for seed in (0, 1, 2)]
+    batches = [collect(member, suite) for member in members]
+    population, alone, metrics = update_both(members, batches, scheduled=True)
+    assert set(population._loops) == set(range(len(members[0].phases)))  # the scheduled path ran
+    for member, agent in zip(population.members, alone):
+        steps = sum(stats["minibatch_steps"] for stats in metrics[0] + metrics[1])
+        assert_params_close(member, agent, steps)
+        assert_optimizers_close(member, agent)
+        assert torch.equal(member.generator.get_state(), agent.generator.get_state())
+
+
+def test_scheduled_update_keeps_its_storage_and_matches_the_per_step_path():
+    """Across updates the scheduled path steps in the same storage (what CUDA graphs
+    captured on it read) and with the same step functions; its parameters equal the
+    per-step path's up to rounding (zero-weight padding rows change summation order)."""
+    suite = ToySuite()
+    members = [trmrl(seed, suite, **V4) for seed in (0, 1)]
+    batches = [collect(member, suite) for member in members]
+    per_step = Population(copy.deepcopy(members), scheduled=False)
+    scheduled = Population(members, scheduled=True)
+    scheduled.update(batches)
+    kept = scheduled.flat.data_ptr(), {p: loop for p, (_, loop) in scheduled._loops.items()}
+    for _ in range(2):
+        scheduled.update(batches)
+    per_step_metrics = [per_step.update(batches) for _ in range(3)][-1]
+    assert (scheduled.flat.data_ptr(), {p: loop for p, (_, loop) in scheduled._loops.items()}) == kept
+    assert not per_step._loops
+    for mine, reference in zip(scheduled.update(batches), per_step.update(batches)):
+        assert_metrics_close(mine, reference)
+    for mine, reference in zip(scheduled.members, per_step.members):
+        assert_params_close(mine, reference, steps=4 * 80)
+        assert_optimizers_close(mine, reference)
+    del per_step_metrics
+
+
+def test_a_kl_stop_or_uneven_counts_step_per_step():
+    """Where members may stop at different steps, the scheduled population falls back to
+    per-step masks, and still equals each member alone."""
+    suite = ToySuite()
+    members = [trmrl(seed, suite, **STABILISED) for seed in (0, 1)]
+    batches = [collect(member, suite) for member in members]
+    population, alone, _ = update_both(members, batches, iterations=1, scheduled=True)
+    assert not population._loops  # target_kl > 0: each step checks the members' KLs
+    members, batches = [], []
+    for seed, fall_at in zip((0, 1), (0, 7)):
+        uneven = ToySuite(fall_at=fall_at)
+        members.append(trmrl(seed, uneven, **V4))
+        batches.append(collect(members[-1], uneven))
+    population, alone, _ = update_both(members, batches, iterations=1, scheduled=True)
+    assert not population._loops
+    for member, agent in zip(population.members, alone):
+        assert_params_close(member, agent, steps=80)
 
 
 def test_members_with_different_sample_counts():
@@ -399,9 +484,9 @@ def test_supported_agents():
     assert "overrides PPOAgent.update" in population_support(VariBADAgent)
     assert "not a PPO agent" in population_support(MAMLAgent)
     assert "not a PPO agent" in population_support(PEARLAgent)
-    graphed = trmrl(0)
-    graphed.graphed = True  # as built on a GPU with cuda_graphs
-    assert "set cuda_graphs=false" in population_support(graphed)
+    compiled = trmrl(0)
+    compiled.compiled = True  # as built on a GPU with cuda_graphs and torch_compile
+    assert "set torch_compile=false" in population_support(compiled)
 
 
 @pytest.mark.parametrize("make, message", [

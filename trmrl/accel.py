@@ -104,31 +104,57 @@ class EagerLoop:
 
 
 class GraphedLoop(EagerLoop):
-    """The same steps replayed from one :class:`GraphedStep`, captured at the first call and
-    again whenever ``key()`` changes (the storage the step reads moved) or after ``reset``
-    (new optimiser state)."""
+    """The same steps replayed from CUDA graphs (:class:`GraphedStep`), captured at the first
+    call and again whenever ``key()`` changes (the storage the step reads moved) or after
+    ``reset`` (new optimiser state).
+
+    One replay runs ``steps_per_replay`` consecutive rows (the graph holds that many steps,
+    ``before_step()`` between them), so that the host launches one graph per chunk rather
+    than one per step; the rows left over after the last full chunk replay a one-row graph.
+    The arithmetic is the same as row by row, in the same order.
+    """
 
     def __init__(self, step: Callable[..., None], device: torch.device,
                  before_step: Callable[[], None] = _nothing, *, restore: Callable[[], list[torch.Tensor]],
-                 optimizers: Sequence[torch.optim.Optimizer], key: Callable[[], Any] = _nothing):
+                 optimizers: Sequence[torch.optim.Optimizer], key: Callable[[], Any] = _nothing,
+                 steps_per_replay: int = 1):
         super().__init__(step, before_step)
+        if steps_per_replay < 1:
+            raise ValueError(f"steps_per_replay must be at least 1, got {steps_per_replay}")
         self.device, self.restore, self.optimizers, self.key = device, restore, optimizers, key
-        self.graph: GraphedStep | None = None
+        self.steps_per_replay = steps_per_replay
+        self.graphs: dict[int, GraphedStep] = {}  # rows per replay -> its graph
         self.graph_key = None
 
     def __call__(self, *inputs: torch.Tensor) -> None:
         key = self.key()
-        if self.graph is None or self.graph_key != key:
-            self.graph = None  # free the old graph's memory first
-            self.graph = GraphedStep(self.step, [torch.zeros_like(x[0]) for x in inputs],
-                                     self.device, before_step=self.before_step,
-                                     restore=self.restore(), optimizers=self.optimizers)
+        if self.graph_key != key:
+            self.graphs = {}  # free the old graphs' memory first
             self.graph_key = key
-        for row in zip(*inputs):
-            self.graph(*row)
+        total, chunk = inputs[0].shape[0], self.steps_per_replay
+        full = total - total % chunk if total >= chunk else 0
+        for start in range(0, full, chunk):
+            self._graph(chunk, inputs)(*(x[start:start + chunk] for x in inputs))
+        for start in range(full, total):
+            self._graph(1, inputs)(*(x[start:start + 1] for x in inputs))
+
+    def _graph(self, rows: int, inputs: Sequence[torch.Tensor]) -> GraphedStep:
+        graph = self.graphs.get(rows)
+        if graph is None:
+            def steps(*block):
+                for i in range(rows):
+                    if i:
+                        self.before_step()
+                    self.step(*(x[i] for x in block))
+            example = [torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+                       for x in inputs]
+            graph = self.graphs[rows] = GraphedStep(
+                steps, example, self.device, before_step=self.before_step,
+                restore=self.restore(), optimizers=self.optimizers)
+        return graph
 
     def reset(self) -> None:
-        self.graph = None
+        self.graphs = {}
 
 
 class GraphedPPOUpdate(PPOUpdate):

@@ -17,7 +17,13 @@ checkpoints, and :class:`Population` does for every member what the member's own
   all of them). Members with fewer samples (early terminations) get minibatches padded with
   weight-0 rows; a member with no step left in a phase, or stopped by its KL, is masked:
   its parameters and optimiser state stay untouched. Afterwards each member's parameters,
-  AdamW state, lrs and step clocks are written back into the member.
+  AdamW state, lrs and step clocks are written back into the member;
+- the scheduled update, for a phase in which every member steps at every step (equal sample
+  counts, no KL stop: the released configs): the members' minibatch orders, lrs and AdamW
+  bias corrections are laid out as tensors before the first step, so that a step is a
+  fixed-shape function with nothing read from the host. On a GPU with ``cuda_graphs`` it is
+  replayed from CUDA graphs (:class:`trmrl.accel.GraphedLoop`), several steps a replay, in
+  storage kept across updates so that the graphs are captured once.
 
 Which agents can be members: :func:`population_support` (TrMRL, the oracle and memoryless
 references, PPO agents of other packages with timestep minibatches; not RL2, whose
@@ -44,6 +50,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 
 from trmrl import config as cfg
+from trmrl.accel import EagerLoop, GraphedLoop
 from trmrl.agents.base import IterationResult
 from trmrl.agents.ppo_agent import PPOAgent, to_device
 from trmrl.errors import ConfigError
@@ -64,6 +71,11 @@ NOT_PPO = {
 }
 
 
+# minibatch steps per CUDA-graph replay of a population's update: enough that the host's
+# launch of a replay is small beside the steps' GPU time, few enough that the graph stays small
+STEPS_PER_REPLAY = 16
+
+
 def population_support(agent_or_class: PPOAgent | type) -> str | None:
     """None when this agent (class or instance) can be a member of a :class:`Population`,
     else the reason it cannot."""
@@ -81,9 +93,9 @@ def population_support(agent_or_class: PPOAgent | type) -> str | None:
     if overridden:
         return (f"{name} overrides PPOAgent.{', PPOAgent.'.join(overridden)}, which a population "
                 "runs as PPOAgent does (e.g. VariBAD's VAE steps after PPO)")
-    if not isinstance(agent_or_class, type) and agent_or_class.graphed:
-        return (f"{name} acts and learns through CUDA graphs (cuda_graphs on a GPU); a "
-                "population runs eagerly: set cuda_graphs=false")
+    if not isinstance(agent_or_class, type) and agent_or_class.compiled:
+        return (f"{name}'s model is compiled (torch_compile); a population calls the members' "
+                "models through torch.func, uncompiled: set torch_compile=false")
     return None
 
 
@@ -151,16 +163,10 @@ class StackedAdamW:
             self.state_first[j] = first
             first += spans[j][1]
 
-    @torch.no_grad()
-    def step(self, grads: torch.Tensor, stepping: np.ndarray) -> None:
-        """One step of every (member, parameter) where ``stepping`` [K, parameters] is True,
-        with the gradients ``grads`` [K, total] (flat, as the parameters). The others keep
-        their parameters and state: torch skips a parameter without a gradient, and a
-        masked member takes no step at all."""
-        beta1, beta2 = self.betas
-        self.steps[stepping] += 1
-        # runs of adjacent parameters with one group, step counts and mask
-        runs: list[list[int]] = []  # [first column, stop, first state column, a parameter]
+    def runs(self, stepping: np.ndarray) -> list[list[int]]:
+        """Runs of adjacent parameters that share a group, step counts and ``stepping`` mask
+        [K, parameters]: [first column, stop, first state column, a parameter of the run]."""
+        runs: list[list[int]] = []
         last_key = None
         for j in self.order:
             first, size = self.spans[j]
@@ -170,21 +176,41 @@ class StackedAdamW:
             else:
                 runs.append([first, first + size, self.state_first[j], j])
                 last_key = key
+        return runs
+
+    def scalars(self, group: dict[str, Any], lrs: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """The step's per-member scalars (1 - lr x weight decay, -lr / bias correction 1,
+        sqrt of bias correction 2) [3, ...] for lrs and step counts (after the increment) of
+        any shape, in float64 and rounded to float32 as torch rounds a Python scalar."""
+        beta1, beta2 = self.betas
+        steps = np.maximum(steps, 1).astype(np.float64)
+        # elementwise pow with array exponents: the C library's pow, as Python's float **
+        # (a scalar exponent 0.5 would let numpy take sqrt, which may round differently)
+        correction1 = 1 - np.power(np.full_like(steps, beta1), steps)
+        correction2 = np.power(1 - np.power(np.full_like(steps, beta2), steps),
+                               np.full_like(steps, 0.5))
+        lrs = np.broadcast_to(np.asarray(lrs, np.float64), steps.shape)
+        return np.stack([1 - lrs * group["weight_decay"], -(lrs / correction1),
+                         correction2]).astype(np.float32)
+
+    @torch.no_grad()
+    def step(self, grads: torch.Tensor, stepping: np.ndarray) -> None:
+        """One step of every (member, parameter) where ``stepping`` [K, parameters] is True,
+        with the gradients ``grads`` [K, total] (flat, as the parameters). The others keep
+        their parameters and state: torch skips a parameter without a gradient, and a
+        masked member takes no step at all."""
+        beta1, beta2 = self.betas
+        self.steps[stepping] += 1
         device, dtype = self.flat.device, self.flat.dtype
-        for first, stop, state_first, j in runs:
+        for first, stop, state_first, j in self.runs(stepping):
             rows = stepping[:, j]
             if not rows.any():
                 continue
             group = self.groups[self.group_of_parameter[j]]
-            # per member, in Python floats as torch computes them (masked rows: any step)
-            steps = np.maximum(self.steps[:, j], 1).tolist()
-            lrs = group["lr"].tolist()
-            scalars = [[1 - lr * group["weight_decay"] for lr in lrs],
-                       [-(lr / (1 - beta1 ** step)) for lr, step in zip(lrs, steps)],
-                       [(1 - beta2 ** step) ** 0.5 for step in steps]]
-            # a Python scalar per member, cast as torch casts one: to float32
-            decay, step_size, correction2 = torch.tensor(scalars, dtype=dtype,
-                                                         device=device)[..., None]
+            # per member (masked rows: any step)
+            decay, step_size, correction2 = torch.tensor(
+                self.scalars(group, group["lr"], self.steps[:, j]), dtype=dtype,
+                device=device)[..., None]
             state = slice(state_first, state_first + stop - first)
             param, grad = self.flat[:, first:stop], grads[:, first:stop]
             exp_avg, exp_avg_sq = self.exp_avg[:, state], self.exp_avg_sq[:, state]
@@ -241,6 +267,8 @@ class StackedAdamW:
         would hold had it taken the same steps itself (no state for a parameter it never
         stepped)."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        on_device = {id(p): bool(group.get("fused") or group.get("capturable"))
+                     for group in optimizer.param_groups for p in group["params"]}
         for j, param in enumerate(params):
             steps = int(self.steps[k, j])
             if steps == 0:
@@ -253,8 +281,11 @@ class StackedAdamW:
                 own["step"].fill_(float(steps))
                 own["exp_avg"].copy_(exp_avg)
                 own["exp_avg_sq"].copy_(exp_avg_sq)
-            else:  # as torch's lazy initialisation makes them (a CPU step count)
-                optimizer.state[param] = {"step": torch.tensor(float(steps), dtype=scalar_dtype()),
+            else:  # as torch's lazy initialisation makes them: the step count on the CPU,
+                # or, for fused or capturable kernels (CUDA graphs), float32 on the device
+                step = (torch.tensor(float(steps), dtype=torch.float32, device=param.device)
+                        if on_device[id(param)] else torch.tensor(float(steps), dtype=scalar_dtype()))
+                optimizer.state[param] = {"step": step,
                                           "exp_avg": exp_avg.clone(),
                                           "exp_avg_sq": exp_avg_sq.clone()}
 
@@ -339,11 +370,23 @@ class Population:
 
     record_memory: bool = False  # return each row's episodic memory in extras["memory"]
 
-    def __init__(self, agents: list[PPOAgent]):
+    def __init__(self, agents: list[PPOAgent], *, scheduled: bool | None = None,
+                 steps_per_replay: int = STEPS_PER_REPLAY):
+        """``scheduled``: run a phase in which every member steps at every minibatch step
+        (equal sample counts, no KL stop) from a schedule made before its first step, one
+        fixed-shape step function over all members; on a GPU with the members'
+        ``cuda_graphs`` it is replayed from CUDA graphs, ``steps_per_replay`` steps a replay.
+        Default: where the members use CUDA graphs. Other phases step with per-step masks."""
         check_members(agents)
         self.members = list(agents)
         self.memory: dict[str, torch.Tensor] = {}
         self.rows_per_member = 0
+        self.graphed = agents[0].graphed
+        self.scheduled = self.graphed if scheduled is None else scheduled
+        self.steps_per_replay = steps_per_replay
+        self._persistent: dict[Any, torch.Tensor] = {}  # storage that graphs read, kept
+        self._loops: dict[int, tuple[Any, EagerLoop]] = {}  # phase -> (its key, its loop)
+        self._reached: dict[int, np.ndarray] = {}  # phase -> which parameters it steps
         self._bind()
 
     @property
@@ -357,6 +400,7 @@ class Population:
         if self.size == 1:
             raise ValueError("a population keeps at least one member")
         agent = self.members.pop(index)
+        self._persistent, self._loops = {}, {}  # K changed: new storage, new graphs
         keep = [k for k in range(self.size + 1) if k != index]
         self.memory = {key: value[keep] for key, value in self.memory.items()}
         self._bind()
@@ -385,8 +429,19 @@ class Population:
         if len(dtypes) > 1:
             raise ConfigError(f"a population needs parameters of one dtype, got "
                               f"{sorted(map(str, dtypes))}")
-        self.flat = torch.cat([torch.stack([n[name].detach().reshape(-1) for n in named])
-                               for name in named[0]], 1)
+        flat = torch.cat([torch.stack([n[name].detach().reshape(-1) for n in named])
+                          for name in named[0]], 1)
+        stacked_buffers = {"model." + name: torch.stack([b[name] for b in buffers])
+                           for name in buffers[0]}
+        if getattr(self, "flat", None) is not None and self.flat.shape == flat.shape and all(
+                name in self.buffers and self.buffers[name].shape == value.shape
+                for name, value in stacked_buffers.items()):
+            with torch.no_grad():  # in place: the update's CUDA graphs read these addresses
+                self.flat.copy_(flat)
+                for name, value in stacked_buffers.items():
+                    self.buffers[name].copy_(value)
+            return
+        self.flat = flat
         K, first = len(named), 0
         self.spans, self.params = [], {}
         for name, param in named[0].items():
@@ -394,8 +449,7 @@ class Population:
             view = self.flat[:, first:first + param.numel()].view(K, *param.shape)
             self.params["model." + name] = view.requires_grad_(True)
             first += param.numel()
-        self.buffers = {"model." + name: torch.stack([b[name] for b in buffers])
-                        for name in buffers[0]}
+        self.buffers = stacked_buffers
 
     # -- acting: a TrialPolicy over K x N rows ---------------------------------------------
     def reset(self, num_trials: int) -> None:
@@ -474,7 +528,14 @@ class Population:
 
         samples = [member.timestep_samples(batch) for member, batch in zip(members, batches)]
         counts = [int(s["logp"].shape[0]) for s in samples]
-        stacked = {key: pad_stack([s[key] for s in samples]) for key in samples[0]}
+        # every member steps at every step of a phase: equal sample counts (and no KL stop)
+        scheduled = self.scheduled and len(set(counts)) == 1 and counts[0] > 0
+        if scheduled:  # in storage kept across updates, sized for the longest batch
+            capacity = max(batch.valid.size for batch in batches)
+            stacked = {key: self._stacked_samples(key, [s[key] for s in samples], capacity)
+                       for key in samples[0]}
+        else:
+            stacked = {key: pad_stack([s[key] for s in samples]) for key in samples[0]}
         del samples  # the stacked copy is enough (a full Meta-World batch: ~0.1 GB a member)
 
         clocks = np.array([[phase.steps for phase in member.phases] for member in members])
@@ -484,10 +545,16 @@ class Population:
             adam = StackedAdamW.from_optimizers([m.phases[p].optimizer for m in members],
                                                 self.flat, span_of)
             optimizers.append(adam)
-            orders = [minibatch_indices(count, config, member.generator)
-                      for count, member in zip(counts, members)]
-            totals, updates = self._run_phase(p, phase, adam, span_of[0], orders, stacked,
-                                              clocks[:, p])
+            if scheduled and not (phase.checks_kl and config.target_kl > 0):
+                adam.exp_avg = self._keep(("exp_avg", p), adam.exp_avg)
+                adam.exp_avg_sq = self._keep(("exp_avg_sq", p), adam.exp_avg_sq)
+                totals, updates = self._run_phase_scheduled(p, phase, adam, span_of[0],
+                                                            counts[0], stacked, clocks[:, p])
+            else:
+                orders = [minibatch_indices(count, config, member.generator)
+                          for count, member in zip(counts, members)]
+                totals, updates = self._run_phase(p, phase, adam, span_of[0], orders, stacked,
+                                                  clocks[:, p])
             for k in range(K):
                 results[k].append((totals[k], int(updates[k])))
 
@@ -515,10 +582,7 @@ class Population:
         leaves = list(self.params.values())
         # the optimiser's parameters among the leaves; the columns that clipping covers
         trained = [self.spans.index(span) for span in adam.spans]
-        clip = sorted({span_of[id(param)] for param in phase.params})
-        clip_all = sum(size for _, size in clip) == self.flat.shape[1]
-        clip_columns = torch.cat([torch.arange(first, first + size)
-                                  for first, size in clip]).to(device)
+        clip_columns = self._clip_columns(phase, span_of)
         loss = vmap(lambda params, buffers, minibatch, weight: functional_call(
             self._losses[p], (params, buffers), (minibatch, weight)))
         while True:
@@ -554,16 +618,8 @@ class Population:
                 buffers = {name: value[who] for name, value in buffers.items()}
             losses, stats = loss(params, buffers, minibatch, weight)
             grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
-            grads_flat = torch.cat([(torch.zeros_like(leaf) if grad is None else grad)
-                                    .reshape(K, -1) for leaf, grad in zip(leaves, grads)], 1)
-            if config.max_grad_norm > 0:  # as clip_grad_norm_, per member
-                clipped = grads_flat if clip_all else grads_flat.index_select(1, clip_columns)
-                norm = torch.linalg.vector_norm(clipped, 2, dim=1, keepdim=True)
-                scale = (config.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
-                if clip_all:
-                    grads_flat.mul_(scale)
-                else:
-                    grads_flat.index_copy_(1, clip_columns, clipped * scale)
+            grads_flat = flat_gradients(leaves, grads, K)
+            clip_per_member(grads_flat, config.max_grad_norm, clip_columns)
             # a parameter without a gradient takes no step (torch skips it), unless the phase
             # zeroes gradients in place rather than dropping them: then every parameter the
             # member's AdamW holds steps (it has a gradient, at least from the policy phase
@@ -580,6 +636,147 @@ class Population:
                     if kls[row] > 1.5 * config.target_kl:  # as ppo.kl_exceeded, per member
                         running[k] = False
         return totals, updates
+
+    def _run_phase_scheduled(self, p: int, phase: UpdatePhase, adam: StackedAdamW,
+                             span_of: dict[int, tuple[int, int]], count: int,
+                             stacked: dict[str, torch.Tensor], clocks: np.ndarray):
+        """One phase in which every member steps at every minibatch step (``count`` samples
+        each, no KL stop), as :meth:`_run_phase` steps it, from a schedule made before the
+        first step: each member's minibatches (its own generator's draws) and, per step, its
+        lrs and AdamW's bias corrections as device tensors. Each step is then one
+        fixed-shape function of tensors, which a GPU replays from CUDA graphs. The last,
+        shorter minibatch of an epoch is padded with weight-0 rows. Returns what
+        :meth:`_run_phase` returns."""
+        config, K, device = self.members[0].config, self.size, self.device
+        index, weight = scheduled_minibatches(count, config, [m.generator for m in self.members])
+        steps = index.shape[0]
+        trained = [self.spans.index(span) for span in adam.spans]
+        reached = self._phase_reached(p, phase, trained, stacked, index[0], weight[0])
+        stepping = np.broadcast_to(reached, (K, len(reached))).copy()
+        runs = [run for run in adam.runs(stepping) if reached[run[3]]]
+        # per group the members' lrs at each step [steps, K], at their own step clocks
+        lrs = []
+        for group in adam.groups:
+            if group["schedule"] == "decay":
+                factors = {clock: [decay_factor(clock + t, phase.steps_per_epoch, config)
+                                   for t in range(steps)] for clock in set(clocks.tolist())}
+                lrs.append(group["base_lr"] * np.array([factors[c] for c in clocks.tolist()]).T)
+            else:
+                lrs.append(np.broadcast_to(group["lr"], (steps, K)))
+        scalars = np.empty((steps, len(runs), 3, K), np.float32)
+        after = np.arange(1, steps + 1)[:, None]  # step t's count: the start's + t + 1
+        for r, (_, _, _, j) in enumerate(runs):
+            g = adam.group_of_parameter[j]
+            scalars[:, r] = adam.scalars(adam.groups[g], lrs[g],
+                                         adam.steps[:, j][None] + after).transpose(1, 0, 2)
+
+        totals = self._keep(("totals", p), torch.zeros(K, len(STATS), device=device))
+        totals.zero_()
+        key = (p, tuple(tuple(run[:3]) for run in runs), tuple(reached),
+               config.minibatch_size, *(t.data_ptr() for t in (
+                   self.flat, adam.exp_avg, adam.exp_avg_sq, totals, *stacked.values())))
+        if self._loops.get(p, (None,))[0] != key:
+            self._loops[p] = (key, self._scheduled_loop(p, phase, adam, span_of, runs,
+                                                        stacked, totals))
+        self._loops[p][1](index.to(device), weight.to(device),
+                          torch.from_numpy(scalars).to(device))
+
+        adam.steps[stepping] += steps
+        for group, group_lrs in zip(adam.groups, lrs):
+            if group["schedule"] == "decay":  # as the last step set them
+                group["lr"] = np.array(group_lrs[-1], np.float64)
+        clocks += steps
+        return totals.clone(), np.full(K, steps, np.int64)
+
+    def _scheduled_loop(self, p: int, phase: UpdatePhase, adam: StackedAdamW,
+                        span_of: dict[int, tuple[int, int]], runs: list[list[int]],
+                        stacked: dict[str, torch.Tensor], totals: torch.Tensor) -> EagerLoop:
+        """The loop over a scheduled phase's steps: ``step(index [K, size], weight [K, size],
+        scalars [runs, 3, K])`` is a minibatch step of every member (loss, gradient, clip,
+        AdamW), with nothing read from the host; on a GPU replayed from CUDA graphs."""
+        config, K, device = self.members[0].config, self.size, self.device
+        leaves = list(self.params.values())
+        clip_columns = self._clip_columns(phase, span_of)
+        rows = self._keep(("member rows",), torch.arange(K, device=device)[:, None])
+        flat, exp_avg, exp_avg_sq = self.flat, adam.exp_avg, adam.exp_avg_sq
+        (beta1, beta2), eps = adam.betas, adam.eps
+        loss = vmap(lambda params, buffers, minibatch, weight: functional_call(
+            self._losses[p], (params, buffers), (minibatch, weight)))
+
+        def step(index, weight, scalars):
+            minibatch = {key: value[rows, index] for key, value in stacked.items()}
+            losses, stats = loss(self.params, self.buffers, minibatch, weight)
+            grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+            grads_flat = flat_gradients(leaves, grads, K)
+            clip_per_member(grads_flat, config.max_grad_norm, clip_columns)
+            with torch.no_grad():
+                for r, (first, stop, state_first, _) in enumerate(runs):
+                    state = slice(state_first, state_first + stop - first)
+                    decay, step_size, correction2 = scalars[r, :, :, None]
+                    adamw_update(flat[:, first:stop], grads_flat[:, first:stop],
+                                 exp_avg[:, state], exp_avg_sq[:, state], decay, step_size,
+                                 correction2, beta1, beta2, eps)
+                totals.add_(stats.detach())
+
+        if not self.graphed:
+            return EagerLoop(step)
+        return GraphedLoop(step, device, restore=lambda: [flat, exp_avg, exp_avg_sq, totals],
+                           optimizers=(), steps_per_replay=self.steps_per_replay)
+
+    def _phase_reached(self, p: int, phase: UpdatePhase, trained: list[int],
+                       stacked: dict[str, torch.Tensor], index: torch.Tensor,
+                       weight: torch.Tensor) -> np.ndarray:
+        """Which of the phase optimiser's parameters (``trained``: their leaves) take a step:
+        all where the phase keeps zeroed gradients, else those its loss reaches (found once,
+        from the gradients of one minibatch: which exist is a property of the loss)."""
+        if phase.keep_zero_grads:
+            return np.ones(len(trained), bool)
+        if p not in self._reached:
+            device, K = self.device, self.size
+            rows = torch.arange(K, device=device)[:, None]
+            index, weight = index.to(device), weight.to(device)
+            minibatch = {key: value[rows, index] for key, value in stacked.items()}
+            losses, _ = vmap(lambda params, buffers, minibatch, weight: functional_call(
+                self._losses[p], (params, buffers), (minibatch, weight)))(
+                self.params, self.buffers, minibatch, weight)
+            leaves = list(self.params.values())
+            grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+            self._reached[p] = np.array([grads[i] is not None for i in trained])
+        return self._reached[p]
+
+    def _clip_columns(self, phase: UpdatePhase,
+                      span_of: dict[int, tuple[int, int]]) -> torch.Tensor | None:
+        """The columns of ``flat`` that the phase's gradient clipping covers (None: all)."""
+        clip = sorted({span_of[id(param)] for param in phase.params})
+        if sum(size for _, size in clip) == self.flat.shape[1]:
+            return None
+        return torch.cat([torch.arange(first, first + size)
+                          for first, size in clip]).to(self.device)
+
+    def _keep(self, name: Any, value: torch.Tensor) -> torch.Tensor:
+        """``value`` in the storage kept under ``name`` (copied in, where the shape, dtype
+        and device match), so that CUDA graphs captured on it stay valid."""
+        kept = self._persistent.get(name)
+        if kept is None or (kept.shape, kept.dtype, kept.device) != (value.shape, value.dtype,
+                                                                     value.device):
+            self._persistent[name] = value
+            return value
+        kept.copy_(value)
+        return kept
+
+    def _stacked_samples(self, key: str, tensors: list[torch.Tensor],
+                         capacity: int) -> torch.Tensor:
+        """The members' samples ``tensors`` ([M, ...] each) in kept storage [K, capacity, ...]
+        (rows past a member's M hold old samples, which no minibatch reads)."""
+        first = tensors[0]
+        shape = (len(tensors), capacity, *first.shape[1:])
+        kept = self._persistent.get(("samples", key))
+        if kept is None or (kept.shape, kept.dtype, kept.device) != (shape, first.dtype,
+                                                                     first.device):
+            kept = self._persistent[("samples", key)] = first.new_zeros(shape)
+        for k, tensor in enumerate(tensors):
+            kept[k, :tensor.shape[0]].copy_(tensor)
+        return kept
 
     def _write_back(self, k: int, member: PPOAgent, optimizers: list[StackedAdamW],
                     clocks: np.ndarray,
@@ -606,6 +803,46 @@ class Population:
         for phase, adam in zip(member.phases, optimizers):
             adam.write_state(k, phase.optimizer)
         return metrics
+
+
+def scheduled_minibatches(num: int, config, generators: list[torch.Generator]):
+    """Every member's minibatches of a phase over ``num`` samples, drawn from its generator
+    as :func:`trmrl.ppo.minibatch_indices` draws them (a permutation per epoch, cut into
+    minibatches): (index [steps, K, size], weight [steps, K, size]); the last minibatch of
+    an epoch is padded to ``size`` with its first sample at weight 0."""
+    size = config.minibatch_size
+    per_epoch = -(-num // size)
+    index = torch.empty(config.epochs * per_epoch, len(generators), size, dtype=torch.long)
+    for k, generator in enumerate(generators):
+        for epoch in range(config.epochs):
+            order = torch.randperm(num, generator=generator)
+            padded = torch.cat([order, order[(per_epoch - 1) * size].repeat(per_epoch * size - num)])
+            index[epoch * per_epoch:(epoch + 1) * per_epoch, k] = padded.view(per_epoch, size)
+    weight = torch.zeros(per_epoch * size)
+    weight[:num] = 1
+    weight = weight.view(1, per_epoch, 1, size).expand(config.epochs, -1, len(generators), -1)
+    return index, weight.reshape(index.shape)
+
+
+def flat_gradients(leaves: list[torch.Tensor], grads, K: int) -> torch.Tensor:
+    """The gradients of the stacked parameters as one tensor [K, total] (zeros for None)."""
+    return torch.cat([(torch.zeros_like(leaf) if grad is None else grad).reshape(K, -1)
+                      for leaf, grad in zip(leaves, grads)], 1)
+
+
+def clip_per_member(grads_flat: torch.Tensor, max_norm: float,
+                    columns: torch.Tensor | None) -> None:
+    """``nn.utils.clip_grad_norm_`` for each member's row of ``grads_flat`` [K, total], in
+    place, over ``columns`` (None: all); nothing where ``max_norm`` is 0."""
+    if max_norm <= 0:
+        return
+    clipped = grads_flat if columns is None else grads_flat.index_select(1, columns)
+    norm = torch.linalg.vector_norm(clipped, 2, dim=1, keepdim=True)
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    if columns is None:
+        grads_flat.mul_(scale)
+    else:
+        grads_flat.index_copy_(1, columns, clipped * scale)
 
 
 def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -64,13 +64,7 @@ for population in POPULATION_JOBS:
             seeds=" ".join(map(str, population.seeds)),
             out=constant(shlex.quote(population.out)),
             steps=f"--steps {first.steps}" if first.steps else "",
-            # a population acts and learns eagerly: without CUDA graphs on a GPU
-            overrides=first.set_args()
-            + (
-                " --set cuda_graphs=false"
-                if str(config["device"]) != "cpu" and "cuda_graphs" in AGENTS[first.agent]["keys"]
-                else ""
-            ),
+            overrides=first.set_args(),
             device=job_device(),
         threads: population_resource(population, "cpus")
         resources:
