@@ -83,10 +83,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: every available CPU; on a machine shared "
                         "with other jobs, 1 avoids OpenMP threads waiting on descheduled ones)")
+    parser.add_argument("--scheduled", choices=("auto", "on", "off"), default="auto",
+                        help="the population's scheduled update (laid out before the first "
+                        "step; on a GPU from CUDA graphs): auto = where the members use CUDA "
+                        "graphs, as training does")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
                         help="then profile a short population update and print its top ROWS ops")
     args = parser.parse_args()
     torch.set_num_threads(args.threads or available_cpus())
+    scheduled = {"auto": None, "on": True, "off": False}[args.scheduled]
     load_before = os.getloadavg()
     overrides = {"epochs": args.epochs}
     agents = [build_agent(resolve(args.agent, args.env, seed, device="cpu", overrides=overrides))
@@ -111,7 +116,7 @@ def main() -> None:
         alone_steps = sum(agent.update(batch)["minibatch_steps"]
                           for agent, batch in zip(alone, batches))
         times["separate"].append((time.perf_counter() - wall, time.process_time() - cpu))
-        population = Population(copy.deepcopy(agents))
+        population = Population(copy.deepcopy(agents), scheduled=scheduled)
         wall, cpu = time.perf_counter(), time.process_time()
         results = population.update(batches)
         times["population"].append((time.perf_counter() - wall, time.process_time() - cpu))
@@ -130,7 +135,7 @@ def main() -> None:
 
     if args.profile:
         short = [synthetic_batch(agent, 1, rng) for agent in agents]
-        population = Population(copy.deepcopy(agents))
+        population = Population(copy.deepcopy(agents), scheduled=scheduled)
         with torch.profiler.profile() as profiler:
             population.update(short)
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))

@@ -289,6 +289,37 @@ def test_scheduled_update_keeps_its_storage_and_matches_the_per_step_path():
     del per_step_metrics
 
 
+def test_steps_per_replay_chunks_run_the_same_steps(monkeypatch):
+    """GraphedLoop's chunking, with the CUDA graph stood in by a plain call (CPU): 28 steps a
+    phase as 5 replays of 5 steps and 3 of one, in order; the same numbers as step by step
+    (the same step function in the same order: exact)."""
+    import trmrl.accel as accel
+    replays = []
+
+    class PlainCall:  # GraphedStep without the graph: what is captured is what runs
+        def __init__(self, step, example, device, **_):
+            self.step, self.rows = step, example[0].shape[0]
+
+        def __call__(self, *inputs):
+            assert inputs[0].shape[0] == self.rows
+            replays.append(self.rows)
+            self.step(*inputs)
+
+    monkeypatch.setattr(accel, "GraphedStep", PlainCall)
+    suite = ToySuite()
+    members = [trmrl(seed, suite, **{**V4, "minibatch_size": 12}) for seed in (0, 1)]
+    batches = [collect(member, suite) for member in members]
+    stepwise = Population(copy.deepcopy(members), scheduled=True)
+    chunked = Population(members, scheduled=True, steps_per_replay=5)
+    chunked.graphed = True  # GraphedLoop, on the CPU
+    for _ in range(2):
+        for mine, reference in zip(chunked.update(batches), stepwise.update(batches)):
+            assert mine == reference
+    assert replays == ([5] * 5 + [1] * 3) * 2 * 2  # 2 phases x 2 updates
+    for mine, reference in zip(chunked.members, stepwise.members):
+        assert_state_equal(mine.state_dict(), reference.state_dict())
+
+
 def test_a_kl_stop_or_uneven_counts_step_per_step():
     """Where members may stop at different steps, the scheduled population falls back to
     per-step masks, and still equals each member alone."""
