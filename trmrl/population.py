@@ -50,7 +50,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 
 from trmrl import config as cfg
-from trmrl.accel import EagerLoop, GraphedLoop
+from trmrl.accel import EagerLoop, GraphedLoop, GraphedStep
 from trmrl.agents.base import IterationResult
 from trmrl.agents.ppo_agent import PPOAgent, to_device
 from trmrl.errors import ConfigError
@@ -472,17 +472,35 @@ class Population:
             features.append(np.asarray(member.step_features(part), np.float32))
             noise.append(torch.zeros(n, act_dim) if deterministic
                          else torch.randn(n, act_dim, generator=member.generator))
-        x = to_device(np.stack(features), self.device)
-        out = vmap(self._acting_call)(self.params, self.buffers, self.memory, x,
-                                      torch.stack(noise).to(self.device))
-        self.memory = out["memory"]
-        columns = out["columns"].reshape(n * self.size, -1).cpu().numpy()
+        if self.graphed:
+            columns, latent = self._graphed_acting(np.stack(features), torch.stack(noise))
+        else:
+            x = to_device(np.stack(features), self.device)
+            out = vmap(self._acting_call)(self.params, self.buffers, self.memory, x,
+                                          torch.stack(noise).to(self.device))
+            self.memory = out["memory"]
+            columns, latent = out["columns"].reshape(n * self.size, -1).cpu().numpy(), out.get("latent")
         extras = {"logp": columns[:, act_dim]}
         if not members[0].values_from_batch:
             extras["value"] = columns[:, act_dim + 1]
-        if self.record_memory and "latent" in out:
-            extras["memory"] = out["latent"].reshape(n * self.size, -1).cpu().numpy()
+        if self.record_memory and latent is not None:
+            extras["memory"] = latent.reshape(n * self.size, -1).cpu().numpy()
         return PolicyOutput(columns[:, :act_dim], extras)
+
+    def _graphed_acting(self, features: np.ndarray, noise: torch.Tensor):
+        """The acting step replayed from a CUDA graph per (members, trials): (columns on the
+        host [K x N, ...], the latent or None); ``self.memory`` becomes the graph's."""
+        key = (self.size, self.rows_per_member, features.shape[-1], self.flat.data_ptr())
+        graphs = self.__dict__.setdefault("_acting_graphs", {})
+        graph = graphs.get(key)
+        if graph is None:
+            graphs.clear()  # graphs of an earlier size read storage that is gone
+            graph = graphs[key] = _PopulationActingGraph(self, features.shape, noise.shape)
+        if self.memory is not graph.memory:  # a new trial (reset): its memory goes in
+            for name, value in self.memory.items():
+                graph.memory[name].copy_(value)
+            self.memory = graph.memory
+        return graph(features, noise)
 
     def _acting_call(self, params, buffers, memory, x, noise):
         columns, memory, latent = functional_call(self._acting, (params, buffers),
@@ -803,6 +821,44 @@ class Population:
         for phase, adam in zip(member.phases, optimizers):
             adam.write_state(k, phase.optimizer)
         return metrics
+
+
+class _PopulationActingGraph:
+    """A population's acting step (the vmapped call) captured in one CUDA graph: the host
+    writes the members' features and noise into one pinned buffer; a call is one copy in,
+    a replay and one copy out. The graph reads the population's stacked parameters, which
+    the population keeps in place, and updates its own memory tensors."""
+
+    def __init__(self, population: Population, features_shape, noise_shape):
+        device = population.device
+        split = int(np.prod(features_shape))
+        self.host_in = torch.zeros(split + int(np.prod(noise_shape)), pin_memory=True)
+        self.features = self.host_in[:split].view(features_shape).numpy()
+        self.noise = self.host_in[split:].view(noise_shape)
+        self.memory = {name: value.clone() for name, value in population.memory.items()}
+        rows = features_shape[0] * features_shape[1]
+
+        def step(device_in):
+            x = device_in[:split].view(features_shape)
+            noise = device_in[split:].view(noise_shape)
+            out = vmap(population._acting_call)(population.params, population.buffers,
+                                                self.memory, x, noise)
+            for name, after in out["memory"].items():
+                self.memory[name].copy_(after)
+            latent = out.get("latent")
+            return out["columns"].reshape(rows, -1), (None if latent is None else latent.clone())
+
+        self.step = GraphedStep(step, [torch.zeros_like(self.host_in, device=device)], device,
+                                warmup=2, restore=list(self.memory.values()))
+        self.host_out = torch.empty(self.step.output[0].shape, pin_memory=True)
+
+    def __call__(self, features: np.ndarray, noise: torch.Tensor):
+        self.features[:] = features
+        self.noise.copy_(noise)
+        device_out, latent = self.step(self.host_in)
+        self.host_out.copy_(device_out, non_blocking=True)
+        torch.cuda.current_stream(device_out.device).synchronize()
+        return self.host_out.numpy().copy(), latent  # a copy: the buffer is reused
 
 
 def scheduled_minibatches(num: int, config, generators: list[torch.Generator]):
