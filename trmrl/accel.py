@@ -23,9 +23,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from trmrl.ppo import STATS, PPOConfig, PPOUpdate, UpdatePhase, finish, kl_exceeded, minibatch_indices, set_lrs
+from trmrl.ppo import (STATS, PPOConfig, PPOUpdate, UpdatePhase, decay_factor, finish, kl_exceeded,
+                       minibatch_indices)
 
 log = logging.getLogger(__name__)
+
+
+# minibatch steps per CUDA-graph replay of an update: enough that the host's launch of a replay
+# is small beside the steps' GPU time, few enough that a graph stays small
+STEPS_PER_REPLAY = 16
 
 
 def uses_cuda_graphs(device: torch.device, enabled: bool) -> bool:
@@ -146,8 +152,9 @@ class GraphedLoop(EagerLoop):
                     if i:
                         self.before_step()
                     self.step(*(x[i] for x in block))
-            example = [torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
-                       for x in inputs]
+            # warm-up data: the first real rows (finite, as the steps expect); the warm-up
+            # steps are undone before the capture
+            example = [x[:rows].clone() for x in inputs]
             graph = self.graphs[rows] = GraphedStep(
                 steps, example, self.device, before_step=self.before_step,
                 restore=self.restore(), optimizers=self.optimizers)
@@ -158,12 +165,13 @@ class GraphedLoop(EagerLoop):
 
 
 class GraphedPPOUpdate(PPOUpdate):
-    """:class:`~trmrl.ppo.PPOUpdate` with each phase's minibatch step replayed from one CUDA
-    graph, captured at the first call (after any resume) and again after ``reset``.
+    """:class:`~trmrl.ppo.PPOUpdate` with each phase's minibatch steps replayed from CUDA
+    graphs (several steps a replay where no KL stop can end the phase), captured at the
+    first call (after any resume) and again after ``reset``.
 
     Samples are copied into static buffers of a fixed capacity (the most timesteps an
-    iteration can produce); each replay gathers one minibatch by index, so the last,
-    shorter minibatch of an epoch is padded with weight-0 rows.
+    iteration can produce); each step gathers one minibatch by index, so the last, shorter
+    minibatch of an epoch is padded with weight-0 rows.
     """
 
     def __init__(self, phases: list[UpdatePhase], config: PPOConfig):
@@ -181,7 +189,10 @@ class GraphedPPOUpdate(PPOUpdate):
 
 
 class _PhaseGraph:
-    """One phase's minibatch steps (forward, backward, optimiser) replayed from one graph."""
+    """One phase's minibatch steps (forward, backward, optimiser) replayed from CUDA graphs:
+    where no KL stop can end the phase, ``STEPS_PER_REPLAY`` steps a replay, each step
+    setting its scheduled lrs on the device first; with a KL stop, one step a replay and the
+    host checks the KL after each."""
 
     def __init__(self, phase: UpdatePhase, example: dict[str, torch.Tensor], capacity: int,
                  config: PPOConfig):
@@ -193,14 +204,19 @@ class _PhaseGraph:
         self.total = torch.zeros(len(STATS), device=device)
         self.last = torch.zeros(len(STATS), device=device)  # the latest step's stats
         optimised = [p for group in optimizer.param_groups for p in group["params"]]
+        # the groups whose lr changes every step ("decay"); each step's lrs come as a row
+        self.scheduled = [group for group in optimizer.param_groups
+                          if group.get("schedule", "constant") == "decay"]
         if phase.keep_zero_grads:  # static gradients, zeroed in the graph (see UpdatePhase)
             for param in optimised:
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
 
-        def step(index, weight):
+        def step(index, weight, lrs):
             if phase.keep_zero_grads:
                 optimizer.zero_grad(set_to_none=False)
+            for i, group in enumerate(self.scheduled):
+                group["lr"].copy_(lrs[i])  # a device tensor (OptimizerPlacement.tensor_lrs)
             minibatch = {k: v[index] for k, v in self.buffers.items()}
             loss, stats = phase.loss(minibatch, weight)
             loss.backward()
@@ -214,11 +230,9 @@ class _PhaseGraph:
             if not phase.keep_zero_grads:
                 optimizer.zero_grad(set_to_none=True)
 
-        self.buffers["logp"].zero_()  # warm-up data: finite, any values do
-        size = config.minibatch_size
-        example_index = torch.zeros(size, dtype=torch.long, device=device)
-        self.step = GraphedStep(step, [example_index, torch.ones(size, device=device)], device,
-                                before_step=drop_grads, restore=optimised, optimizers=[optimizer])
+        self.loop = GraphedLoop(step, device, drop_grads,
+                                restore=lambda: [*optimised, self.total, self.last],
+                                optimizers=[optimizer], steps_per_replay=STEPS_PER_REPLAY)
 
     def __call__(self, samples: dict[str, torch.Tensor],
                  generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -228,26 +242,36 @@ class _PhaseGraph:
             raise ValueError(f"{num} samples exceed the graph's capacity {self.buffers['logp'].shape[0]}")
         for key, buffer in self.buffers.items():
             buffer[:num].copy_(samples[key])
-        size = self.config.minibatch_size
+        config, phase = self.config, self.phase
+        size = config.minibatch_size
         chunks, weights = [], []
-        for idx in minibatch_indices(num, self.config, generator):
+        for idx in minibatch_indices(num, config, generator):
             weight = torch.ones(size)
             if len(idx) < size:  # pad with row 0 at weight 0
                 weight[len(idx):] = 0
                 idx = torch.cat([idx, torch.zeros(size - len(idx), dtype=idx.dtype)])
             chunks.append(idx)
             weights.append(weight)
+        # each step's scheduled lrs, as set_lrs would set them at that step (rounded to the
+        # float32 of the lr tensors)
+        lrs = torch.tensor([[group["base_lr"] * decay_factor(phase.steps + t, phase.steps_per_epoch,
+                                                            config) for group in self.scheduled]
+                            for t in range(len(chunks))], dtype=torch.float32)
         device = self.total.device
         all_index = torch.stack(chunks).to(device, non_blocking=True)
         all_weight = torch.stack(weights).to(device, non_blocking=True)
+        lrs = lrs.reshape(len(chunks), len(self.scheduled)).to(device, non_blocking=True)
         self.total.zero_()
-        phase, updates = self.phase, 0
+        if not (phase.checks_kl and config.target_kl > 0):  # every step runs: in chunks
+            self.loop(all_index, all_weight, lrs)
+            phase.steps += len(chunks)
+            return self.total.clone(), len(chunks)
+        updates = 0
         for i in range(len(chunks)):
-            set_lrs(phase.optimizer, phase.steps, phase.steps_per_epoch, self.config)
-            self.step(all_index[i], all_weight[i])
+            self.loop(all_index[i:i + 1], all_weight[i:i + 1], lrs[i:i + 1])
             updates += 1
             phase.steps += 1
-            if phase.checks_kl and kl_exceeded(self.last, self.config):
+            if kl_exceeded(self.last, config):
                 break
         return self.total.clone(), updates
 

@@ -50,7 +50,7 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 
 from trmrl import config as cfg
-from trmrl.accel import EagerLoop, GraphedLoop, GraphedStep
+from trmrl.accel import STEPS_PER_REPLAY, EagerLoop, GraphedLoop, GraphedStep
 from trmrl.agents.base import IterationResult
 from trmrl.agents.ppo_agent import PPOAgent, to_device
 from trmrl.errors import ConfigError
@@ -69,11 +69,6 @@ NOT_PPO = {
     "pearl": "PEARL is not a PPO agent: off-policy SAC with a replay buffer and samplers of "
              "its own",
 }
-
-
-# minibatch steps per CUDA-graph replay of a population's update: enough that the host's
-# launch of a replay is small beside the steps' GPU time, few enough that the graph stays small
-STEPS_PER_REPLAY = 16
 
 
 def population_support(agent_or_class: PPOAgent | type) -> str | None:
