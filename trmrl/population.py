@@ -382,6 +382,7 @@ class Population:
         self._persistent: dict[Any, torch.Tensor] = {}  # storage that graphs read, kept
         self._loops: dict[int, tuple[Any, EagerLoop]] = {}  # phase -> (its key, its loop)
         self._reached: dict[int, np.ndarray] = {}  # phase -> which parameters it steps
+        self._acting_graphs: dict[tuple, _PopulationActingGraph] = {}  # on a GPU
         self._bind()
 
     @property
@@ -486,11 +487,11 @@ class Population:
         """The acting step replayed from a CUDA graph per (members, trials): (columns on the
         host [K x N, ...], the latent or None); ``self.memory`` becomes the graph's."""
         key = (self.size, self.rows_per_member, features.shape[-1], self.flat.data_ptr())
-        graphs = self.__dict__.setdefault("_acting_graphs", {})
-        graph = graphs.get(key)
+        graph = self._acting_graphs.get(key)
         if graph is None:
-            graphs.clear()  # graphs of an earlier size read storage that is gone
-            graph = graphs[key] = _PopulationActingGraph(self, features.shape, noise.shape)
+            self._acting_graphs.clear()  # graphs of an earlier size read storage that is gone
+            graph = self._acting_graphs[key] = _PopulationActingGraph(self, features.shape,
+                                                                      noise.shape)
         if self.memory is not graph.memory:  # a new trial (reset): its memory goes in
             for name, value in self.memory.items():
                 graph.memory[name].copy_(value)
