@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="K: runs, and population members")
     parser.add_argument("--iterations", type=int, default=1, help="learning iterations per run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--population-only", action="store_true",
+                        help="measure the population alone (its summed rate), no separate runs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter or trainer setting, for both sides")
     args = parser.parse_args()
@@ -145,7 +147,7 @@ def main() -> None:
           f"num_workers={settings.num_workers}, {available_cpus()} CPUs, {args.device}, "
           f"{torch.get_num_threads()} torch threads; load average {load_before[0]:.2f}")
 
-    half = args.seeds // 2
+    half = 0 if args.population_only else args.seeds // 2
     separate = []
     for spec in specs[:half]:
         separate.append(separate_run(spec, suite, args.iterations))
@@ -154,11 +156,22 @@ def main() -> None:
     together = population_run(specs, suite, args.iterations)
     print(f"  population of {args.seeds}: {together['sample_s']:.1f} s sampling, "
           f"{together['update_s']:.1f} s updating", flush=True)
-    for spec in specs[half:]:
+    for spec in specs[half:] if not args.population_only else []:
         separate.append(separate_run(spec, suite, args.iterations))
         print(f"  seed {spec.seed} alone: {separate[-1]['sample_s']:.1f} s sampling, "
               f"{separate[-1]['update_s']:.1f} s updating", flush=True)
     load_after = os.getloadavg()
+    if args.population_only:
+        rate = together["env_steps"] / (together["sample_s"] + together["update_s"])
+        print(f"population: {rate:,.0f} env steps/s summed over {args.seeds} members; update "
+              f"{together['update_s']:.1f} s, sampling {together['sample_s']:.1f} s")
+        if hp.epochs != default_epochs:
+            scale = default_epochs / hp.epochs
+            print(f"extrapolated to the default epochs={default_epochs}: "
+                  f"{together['env_steps'] / (together['sample_s'] + scale * together['update_s']):,.0f} "
+                  "env steps/s")
+        print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+        return
 
     sums = {key: sum(run[key] for run in separate) for key in ("sample_s", "update_s", "env_steps")}
     if sums["env_steps"] != together["env_steps"]:
