@@ -293,7 +293,7 @@ def test_steps_per_replay_chunks_run_the_same_steps(monkeypatch):
     """GraphedLoop's chunking, with the CUDA graph stood in by a plain call (CPU): 28 steps a
     phase as 5 replays of 5 steps and 3 of one, in order; the same numbers as step by step
     (the same step function in the same order: exact)."""
-    import trmrl.accel as accel
+    from trmrl import accel
     replays = []
 
     class PlainCall:  # GraphedStep without the graph: what is captured is what runs
