@@ -28,9 +28,8 @@ checkpoints, and :class:`Population` does for every member what the member's own
 Which agents can be members: :func:`population_support` (TrMRL, the oracle and memoryless
 references, PPO agents of other packages with timestep minibatches; not RL2, whose
 whole-trial minibatches run an ``nn.GRU`` that vmap cannot batch, nor VariBAD, MAML or PEARL).
-On a CPU, where the update is bound by arithmetic that grows with K, a population of 4 saved
-1.2-1.5x of the update's time on one core (benchmarks/population_update.py); it pays most
-where a step is bound by per-operation latency (a GPU, small models).
+A population pays most where a step is bound by per-operation latency (a GPU, small models);
+on a CPU the update is bound by arithmetic that grows with K (measured: benchmarks/README.md).
 
 The algorithm's own code (ppo.py, ppo_agent.py) knows nothing of this: the losses are the
 members' own loss objects, run under ``functional_call``. Results equal the members' own
