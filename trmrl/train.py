@@ -659,7 +659,7 @@ def _train_locked(runs: list[_Run]) -> list[dict[str, Any]]:
             run.agent = build_agent(run.spec, suite)
             check_against_suite(run.spec, suite)
         if len(runs) > 1:
-            reason = population_support(runs[0].agent)  # e.g. CUDA graphs on a GPU
+            reason = population_support(runs[0].agent)  # e.g. a compiled model (torch_compile)
             if reason is not None:
                 raise ConfigError(f"agent {first.agent} cannot train several seeds in one process "
                                   f"here: {reason}; or train each seed on its own (one --seed per "
