@@ -38,7 +38,7 @@ from trmrl import config as cfg
 from trmrl.envs import make_suite
 from trmrl.population import Population
 from trmrl.sampling import TrialSampler
-from trmrl.train import build_agent, resolve
+from trmrl.train import build_agent, resolve, uncompiled
 from trmrl.utils import available_cpus, trainer_threads
 
 
@@ -153,7 +153,7 @@ def main() -> None:
         separate.append(separate_run(spec, suite, args.iterations))
         print(f"  seed {spec.seed} alone: {separate[-1]['sample_s']:.1f} s sampling, "
               f"{separate[-1]['update_s']:.1f} s updating", flush=True)
-    together = population_run(specs, suite, args.iterations)
+    together = population_run([uncompiled(spec) for spec in specs], suite, args.iterations)
     print(f"  population of {args.seeds}: {together['sample_s']:.1f} s sampling, "
           f"{together['update_s']:.1f} s updating", flush=True)
     for spec in specs[half:] if not args.population_only else []:

@@ -1,6 +1,7 @@
 """`trmrl train --seed 0 1 ...`: several seeds of one agent x env in one process (a population,
 issue 20), each in an ordinary run directory, against the same seeds trained alone (CPU, tiny)."""
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -183,3 +184,17 @@ def test_a_held_member_directory_refuses_the_population_naming_it(tmp_path, caps
         one_line_error(capsys, population_args(tmp_path / "run{seed}", steps=80), str(held),
                        "in use")
     assert not (tmp_path / "run0").exists()  # the member this call created is gone again
+
+
+def test_populations_on_a_gpu_run_uncompiled():
+    """torch_compile (TrMRL's default on a GPU) cannot serve a population, which calls its
+    members' models through torch.func: several seeds run with it off, and their config.yaml
+    says so; off the GPU, where the setting does nothing, the spec is left as it is."""
+    from trmrl.train import resolve, uncompiled
+    cpu = resolve("trmrl", "cheetah-vel", 0, device="cpu")
+    assert cpu.settings.torch_compile and uncompiled(cpu) is cpu
+    gpu = dataclasses.replace(cpu, device="cuda")  # as resolve makes it on a GPU machine
+    off = uncompiled(gpu)
+    assert not off.settings.torch_compile and off.settings.cuda_graphs
+    assert off.hyperparameters == gpu.hyperparameters
+    assert dataclasses.replace(off.settings, torch_compile=True) == gpu.settings

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -497,6 +498,17 @@ def train(spec: RunSpec, run_dir: Path | str) -> dict[str, Any]:
     return train_runs([spec], [run_dir])[0]
 
 
+def uncompiled(spec: RunSpec) -> RunSpec:
+    """The spec with the trainer setting torch_compile off: a population calls its members'
+    models through torch.func, which a compiled model does not serve (its CUDA graphs replay
+    the uncompiled model). The run's config.yaml records the setting it ran with."""
+    settings = spec.settings
+    if not (getattr(settings, "torch_compile", False) and spec.device.startswith("cuda")):
+        return spec  # off the GPU the setting does nothing
+    log.info("seed %d: torch_compile off (several seeds in one process run uncompiled)", spec.seed)
+    return dataclasses.replace(spec, settings=dataclasses.replace(settings, torch_compile=False))
+
+
 def train_runs(specs: list[RunSpec], run_dirs: list[Path | str]) -> list[dict[str, Any]]:
     """Train (or resume) runs of one agent x env that differ only by seed, each in its own
     ordinary run directory, in one process; returns a summary dict per run.
@@ -511,6 +523,8 @@ def train_runs(specs: list[RunSpec], run_dirs: list[Path | str]) -> list[dict[st
     once the others have finished."""
     if len(specs) != len(run_dirs) or not specs:
         raise ValueError(f"{len(specs)} specs for {len(run_dirs)} run directories")
+    if len(specs) > 1:
+        specs = [uncompiled(spec) for spec in specs]
     runs = [_Run(spec, Path(run_dir)) for spec, run_dir in zip(specs, run_dirs)]
     if len(runs) > 1:
         check_population(specs, [run.dir for run in runs])
