@@ -39,16 +39,18 @@ WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "environment.ym
 # the ablations.
 FULL_OVERRIDES = {"experiment": "ci", "steps": 3200, "ablations": {"seeds": [0]},
                   "hyperparameters": {"all": {"default": {"eval_tasks": 4}}}}
-# fast (the default suite): the same, cut to 4 of the 7 agents and to Meta-World trials of 20
-# steps an episode (2 iterations of 480 steps), which runs every rule, table and figure script
-# in about half the time. The agents kept: TrMRL (the agent of interest, and the ablated one),
-# MAML (its own evaluation protocol, success rates that average several episodes) and the
-# oracle and memoryless references that normalise the scores. RL2, PEARL and VariBAD train
-# and evaluate (with --latents) through the CLI in test_agent_contract.py, and every run of the
-# full preset is planned and resolved in test_quick_preset_plans_the_readmes_92_jobs.
+# fast (the default suite): the same grid cut to 4 of the 7 agents, with episodes of 50 steps
+# on cheetah-vel and 20 on ml1-reach (one iteration of 8 trials, two on ml1-reach), which runs
+# every rule, table and figure script in under half the time. The agents kept: TrMRL (the
+# agent of interest, and the ablated one), MAML (its own evaluation protocol, success rates
+# that average several episodes) and the oracle and memoryless references that normalise the
+# scores. RL2, PEARL and VariBAD train and evaluate (with --latents) through the CLI in
+# test_agent_contract.py, and every run of the full preset is planned and resolved by
+# test_quick_preset_plans_the_readmes_92_jobs.
 FAST_OVERRIDES = {**FULL_OVERRIDES, "agents": ["trmrl", "maml", "oracle", "memoryless"],
-                  "steps": {"cheetah-vel": 3200, "ml1-reach": 960},
+                  "steps": {"cheetah-vel": 800, "ml1-reach": 960},
                   "hyperparameters": {"all": {"default": {"eval_tasks": 4},
+                                              "cheetah-vel": {"horizon": 50},
                                               "ml1-reach": {"horizon": 20}}}}
 
 
@@ -120,12 +122,21 @@ PAPER_COUNTS = {
 }
 
 
-def test_paper_grid_lists_exact_job_counts(tmp_path):
-    counts = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile",
-                     str(REPO / "config" / "config.yaml"))
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    """`snakemake -n all` on the paper grid, once for the tests that read its plan."""
+    workdir = tmp_path_factory.mktemp("paper-plan")
+    result = snakemake(workdir, "-n", "all", "-s", str(REPO / "Snakefile"), "--configfile",
+                       str(REPO / "config" / "config.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return SimpleNamespace(dir=workdir, result=result)
+
+
+def test_paper_grid_lists_exact_job_counts(paper_plan):
+    counts = job_counts(paper_plan.result.stdout + paper_plan.result.stderr)
     assert counts == PAPER_COUNTS
     assert sum(counts.values()) == 344
-    assert not (tmp_path / "results").exists()
+    assert not (paper_plan.dir / "results").exists()
 
 
 def test_quick_preset_plans_the_readmes_92_jobs(tmp_path):
@@ -151,9 +162,8 @@ def test_extended_grid_adds_six_envs(tmp_path):
     assert counts["evaluate_ood"] == 7 * 5 * 3
 
 
-def test_ablation_variants_have_their_own_run_directories(tmp_path):
-    result = snakemake(tmp_path, "-n", "runs", "-s", str(REPO / "Snakefile"), "--configfile",
-                       str(REPO / "config" / "config.yaml"))
+def test_ablation_variants_have_their_own_run_directories(paper_plan):
+    result = paper_plan.result
     dirs = set(re.findall(r"runs/cheetah-vel/(trmrl[^/]*)/seed0/train\.done", result.stdout))
     assert dirs == {
         "trmrl", "trmrl--tfixup-layernorm", "trmrl--no-tfixup-no-layernorm",
