@@ -1,6 +1,7 @@
 """The Snakemake workflow (issue 4): plans and job counts, config rejections, the statistics
 and figure scripts on fixture runs, rerun semantics, resuming an interrupted run, and the
-quick preset end to end at CI scale.
+quick preset end to end at CI scale: a cut of its grid in the fast suite, the whole grid with
+-m slow (FAST_OVERRIDES, FULL_OVERRIDES).
 
 Snakemake runs in a subprocess, on a temporary copy of the workflow or with --directory in a
 temporary folder, so the tests never touch the checkout's results/ or .snakemake/.
@@ -34,14 +35,13 @@ WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "environment.ym
 
 # The quick preset end to end, at two scales; a second config file merges into the first,
 # nested keys included (`--config` cannot nest numbers).
-# full (-m slow, about 7 minutes on 2 cores): the whole grid of config/quick.yaml, every agent,
-# env and seed and both ablation studies, at CI budgets: one iteration per run, one seed for
-# the ablations.
+# full (-m slow; 89 jobs): the whole grid of config/quick.yaml, every agent, env and seed and
+# both ablation studies, at CI budgets: one iteration per run, one seed for the ablations.
 FULL_OVERRIDES = {"experiment": "ci", "steps": 3200, "ablations": {"seeds": [0]},
                   "hyperparameters": {"all": {"default": {"eval_tasks": 4}}}}
 # fast (the default suite): the same grid cut to 4 of the 7 agents, with episodes of 50 steps
-# on cheetah-vel and 20 on ml1-reach (one iteration of 8 trials, two on ml1-reach), which runs
-# every rule, table and figure script in under half the time. The agents kept: TrMRL (the
+# on cheetah-vel and 20 on ml1-reach (one iteration of 8 trials, two on ml1-reach): 59 jobs
+# that run every rule, table and figure script, each job shorter. The agents kept: TrMRL (the
 # agent of interest, and the ablated one), MAML (its own evaluation protocol, success rates
 # that average several episodes) and the oracle and memoryless references that normalise the
 # scores. RL2, PEARL and VariBAD train and evaluate (with --latents) through the CLI in
