@@ -685,7 +685,8 @@ QUICK_SCALES = {"fast": FAST_OVERRIDES, "full": FULL_OVERRIDES}
 @pytest.fixture(scope="module", params=["fast", pytest.param("full", marks=pytest.mark.slow)])
 def quick(request, tmp_path_factory):
     """A copy of the workflow that has run `snakemake all` on the quick preset at CI scale:
-    the fast suite's cut of its grid, or (-m slow) all of it; every test below runs on both."""
+    the fast suite's cut of its grid, or (-m slow) all of it; the tests that take it run on
+    both."""
     overrides = QUICK_SCALES[request.param]
     workdir = copy_workflow(tmp_path_factory.mktemp(f"quick-{request.param}"))
     config = yaml.safe_load((workdir / "config" / "quick.yaml").read_text())
