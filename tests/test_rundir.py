@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,13 +85,21 @@ def test_evaluations_of_one_run_may_run_side_by_side(tmp_path):
 
 
 # -- 2. resume verifies progress.csv ----------------------------------------------------------
-def killed_run(tmp_path) -> Path:
-    """A run killed mid-way (checkpoint every iteration), rows after its checkpoint included."""
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Path:
+    """A run killed mid-way (checkpoint every iteration), rows after its checkpoint included;
+    killed once for the module, each test damages a copy of its own (killed_run)."""
     from test_train import sigkill_after_progress
 
-    run = tmp_path / "killed"
+    run = tmp_path_factory.mktemp("killed") / "run"
     sigkill_after_progress(train_args(run, steps=960), run, lines=12)
     return run
+
+
+def killed_run(killed: Path, tmp_path: Path) -> Path:
+    """A copy of the killed run: its files and no process of its own (the run directory holds
+    no absolute path, so a copy resumes as the original would)."""
+    return Path(shutil.copytree(killed, tmp_path / "killed"))
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +111,8 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("damage", ["lf_line_endings", "cut_mid_line", "nul_bytes"])
 def test_resume_repairs_a_progress_file_that_does_not_match_its_checkpoint(tmp_path, reference,
-                                                                         damage):
-    run = killed_run(tmp_path)
+                                                                         killed, damage):
+    run = killed_run(killed, tmp_path)
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     data = (run / "progress.csv").read_bytes()
     if damage == "lf_line_endings":  # dos2unix: the checkpoint's byte offset now lies past rows
@@ -121,8 +130,9 @@ def test_resume_repairs_a_progress_file_that_does_not_match_its_checkpoint(tmp_p
     assert table["env_steps"].dtype == np.int64 and table["return"].dtype == np.float64
 
 
-def test_resume_refuses_a_progress_file_that_lost_the_checkpoints_rows(tmp_path, capsys):
-    run = killed_run(tmp_path)
+def test_resume_refuses_a_progress_file_that_lost_the_checkpoints_rows(tmp_path, capsys,
+                                                                     killed):
+    run = killed_run(killed, tmp_path)
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     data = (run / "progress.csv").read_bytes()
     (run / "progress.csv").write_bytes(data[:data.find(b"\r\n") + 2])  # the header alone

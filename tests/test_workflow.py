@@ -1,6 +1,7 @@
 """The Snakemake workflow (issue 4): plans and job counts, config rejections, the statistics
 and figure scripts on fixture runs, rerun semantics, resuming an interrupted run, and the
-quick preset end to end at CI scale.
+quick preset end to end at CI scale: a cut of its grid in the fast suite, the whole grid with
+-m slow (FAST_OVERRIDES, FULL_OVERRIDES).
 
 Snakemake runs in a subprocess, on a temporary copy of the workflow or with --directory in a
 temporary folder, so the tests never touch the checkout's results/ or .snakemake/.
@@ -32,10 +33,25 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "workflow" / "scripts"
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "profiles", "environment.yml"]
 
-# The quick preset at CI scale: one iteration per run, one seed for the ablations (a second
-# config file merges into the first, nested keys included; `--config` cannot nest numbers)
-CI_OVERRIDES = {"experiment": "ci", "steps": 3200, "ablations": {"seeds": [0]},
-                "hyperparameters": {"all": {"default": {"eval_tasks": 4}}}}
+# The quick preset end to end, at two scales; a second config file merges into the first,
+# nested keys included (`--config` cannot nest numbers).
+# full (-m slow; 89 jobs): the whole grid of config/quick.yaml, every agent, env and seed and
+# both ablation studies, at CI budgets: one iteration per run, one seed for the ablations.
+FULL_OVERRIDES = {"experiment": "ci", "steps": 3200, "ablations": {"seeds": [0]},
+                  "hyperparameters": {"all": {"default": {"eval_tasks": 4}}}}
+# fast (the default suite): the same grid cut to 4 of the 7 agents, with episodes of 50 steps
+# on cheetah-vel and 20 on ml1-reach (one iteration of 8 trials, two on ml1-reach): 59 jobs
+# that run every rule, table and figure script, each job shorter. The agents kept: TrMRL (the
+# agent of interest, and the ablated one), MAML (its own evaluation protocol, success rates
+# that average several episodes) and the oracle and memoryless references that normalise the
+# scores. RL2, PEARL and VariBAD train and evaluate (with --latents) through the CLI in
+# test_agent_contract.py, and every run of the full preset is planned and resolved by
+# test_quick_preset_plans_the_readmes_92_jobs.
+FAST_OVERRIDES = {**FULL_OVERRIDES, "agents": ["trmrl", "maml", "oracle", "memoryless"],
+                  "steps": {"cheetah-vel": 800, "ml1-reach": 960},
+                  "hyperparameters": {"all": {"default": {"eval_tasks": 4},
+                                              "cheetah-vel": {"horizon": 50},
+                                              "ml1-reach": {"horizon": 20}}}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,11 +122,34 @@ PAPER_COUNTS = {
 }
 
 
-def test_paper_grid_lists_exact_job_counts(tmp_path):
-    counts = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile",
-                     str(REPO / "config" / "config.yaml"))
+@pytest.fixture(scope="module")
+def paper_plan(tmp_path_factory):
+    """`snakemake -n all` on the paper grid, once for the tests that read its plan."""
+    workdir = tmp_path_factory.mktemp("paper-plan")
+    result = snakemake(workdir, "-n", "all", "-s", str(REPO / "Snakefile"), "--configfile",
+                       str(REPO / "config" / "config.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return SimpleNamespace(dir=workdir, result=result)
+
+
+def test_paper_grid_lists_exact_job_counts(paper_plan):
+    counts = job_counts(paper_plan.result.stdout + paper_plan.result.stderr)
     assert counts == PAPER_COUNTS
     assert sum(counts.values()) == 344
+    assert not (paper_plan.dir / "results").exists()
+
+
+def test_quick_preset_plans_the_readmes_92_jobs(tmp_path):
+    """The README's main job as typed there (config/quick.yaml, no overrides): its 92 jobs,
+    with every run resolved by `trmrl validate` on the way. The quick fixture below runs a
+    cut of it in the fast suite and its whole grid under -m slow."""
+    counts = dry_run(tmp_path, "--cores", "2", "-s", str(REPO / "Snakefile"), "--configfile",
+                     str(REPO / "config" / "quick.yaml"))
+    # 7 agents x 2 envs x 2 seeds, plus 4 ablation variants x 2 seeds (the 2 grid points
+    # that equal the main run reuse it: T-Fixup without LayerNorm, 1 layer)
+    assert counts == {**{k: 1 for k in PAPER_COUNTS}, "train": 28 + 8,
+                      "evaluate_adaptation": 28, "evaluate_ood": 14}  # ood: cheetah-vel only
+    assert sum(counts.values()) == 92
     assert not (tmp_path / "results").exists()
 
 
@@ -123,9 +162,8 @@ def test_extended_grid_adds_six_envs(tmp_path):
     assert counts["evaluate_ood"] == 7 * 5 * 3
 
 
-def test_ablation_variants_have_their_own_run_directories(tmp_path):
-    result = snakemake(tmp_path, "-n", "runs", "-s", str(REPO / "Snakefile"), "--configfile",
-                       str(REPO / "config" / "config.yaml"))
+def test_ablation_variants_have_their_own_run_directories(paper_plan):
+    result = paper_plan.result
     dirs = set(re.findall(r"runs/cheetah-vel/(trmrl[^/]*)/seed0/train\.done", result.stdout))
     assert dirs == {
         "trmrl", "trmrl--tfixup-layernorm", "trmrl--no-tfixup-no-layernorm",
@@ -147,11 +185,13 @@ def test_an_agent_is_one_line_of_config_with_its_own_budget(tmp_path):
     without = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile", str(path))
     config["agents"].append("maml")
     path = write_config(tmp_path / "with.yaml", config)
-    with_maml = dry_run(tmp_path, "all", "-s", str(REPO / "Snakefile"), "--configfile", str(path))
+    # one dry run for the job counts and the commands (-p) of the jobs
+    result = snakemake(tmp_path, "-n", "-p", "all", "-s", str(REPO / "Snakefile"),
+                       "--configfile", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with_maml = job_counts(result.stdout + result.stderr)
     added = {k: with_maml[k] - without.get(k, 0) for k in with_maml if with_maml[k] != without.get(k)}
     assert added == {"train": 6 * 3, "evaluate_adaptation": 6 * 3, "evaluate_ood": 2 * 3}
-    result = snakemake(tmp_path, "-n", "-p", "runs", "-s", str(REPO / "Snakefile"), "--configfile",
-                       str(path))
     assert re.search(r"--agent maml --env cheetah-vel .*--steps 20000000", result.stdout)
     pearl = re.findall(r"--agent pearl --env cheetah-vel [^\n]*", result.stdout)
     assert pearl and all("--steps" not in line for line in pearl)
@@ -639,18 +679,29 @@ def test_report_shows_figures_tables_and_config(tmp_path, fixture_tables, partia
 # ---------------------------------------------------------------------------------------
 # the quick preset end to end (CI scale), then rerun semantics on its results
 # ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """A copy of the workflow that has run `snakemake all` on the quick preset (CI scale)."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("quick"))
-    overrides = write_config(workdir / "ci.yaml", CI_OVERRIDES)
-    args = ("--cores", "2", "--configfile", "config/quick.yaml", str(overrides.name))
+QUICK_SCALES = {"fast": FAST_OVERRIDES, "full": FULL_OVERRIDES}
+
+
+@pytest.fixture(scope="module", params=["fast", pytest.param("full", marks=pytest.mark.slow)])
+def quick(request, tmp_path_factory):
+    """A copy of the workflow that has run `snakemake all` on the quick preset at CI scale:
+    the fast suite's cut of its grid, or (-m slow) all of it; the tests that take it run on
+    both."""
+    overrides = QUICK_SCALES[request.param]
+    workdir = copy_workflow(tmp_path_factory.mktemp(f"quick-{request.param}"))
+    config = yaml.safe_load((workdir / "config" / "quick.yaml").read_text())
+    write_config(workdir / "ci.yaml", overrides)
+    args = ("--cores", "2", "--configfile", "config/quick.yaml", "ci.yaml")
     started = time.perf_counter()
     result = snakemake(workdir, "all", *args, timeout=900)
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return SimpleNamespace(dir=workdir, args=args, elapsed=elapsed,
-                           results=workdir / "results" / "ci")
+    agents = overrides.get("agents", config["agents"])
+    steps = overrides["steps"]
+    return SimpleNamespace(dir=workdir, args=args, elapsed=elapsed, scale=request.param,
+                           results=workdir / "results" / "ci", agents=agents, steps=steps,
+                           # main runs (agents x 2 envs x 2 seeds) and 4 ablation variants
+                           train_jobs=len(agents) * 2 * 2 + 4)
 
 
 def test_quick_preset_builds_every_figure_table_and_the_report(quick):
@@ -660,7 +711,7 @@ def test_quick_preset_builds_every_figure_table_and_the_report(quick):
         for ext in ["pdf", "png"]:
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 5000
     curves = pd.read_csv(results / "tables" / "training_curves.csv")
-    assert set(curves["agent"]) == {"trmrl", "rl2", "maml", "pearl", "varibad", "oracle", "memoryless"}
+    assert set(curves["agent"]) == set(quick.agents)
     assert set(curves["env"]) == {"cheetah-vel", "ml1-reach"}
     assert set(curves["n"]) == {2}
     ablations = pd.read_csv(results / "tables" / "ablations.csv")
@@ -672,23 +723,26 @@ def test_quick_preset_builds_every_figure_table_and_the_report(quick):
     assert [figure for _, figure in structure.images if figure] == FIGURE_NAMES
     for header in ["Optimality gap ↓", "Episode 6", "Budget (env steps per run)"]:
         assert header in structure.headers
-    assert "cheetah-vel: 3,200; ml1-reach: 3,200" in structure.cells
+    steps = quick.steps if isinstance(quick.steps, dict) else dict.fromkeys(ENV_INFO, quick.steps)
+    assert f"cheetah-vel: {steps['cheetah-vel']:,}; ml1-reach: {steps['ml1-reach']:,}" \
+        in structure.cells
     assert "://" not in report and structure.scripts == 0
     provenance = (results / "provenance.html").read_text()  # Snakemake's own report
     assert "fig6_aggregate.png" in provenance and "training_curves.csv" in provenance
     snapshot = yaml.safe_load((results / "config.yaml").read_text())
-    assert snapshot["experiment"] == "ci" and snapshot["steps"] == 3200
+    assert snapshot["experiment"] == "ci" and snapshot["steps"] == quick.steps
+    assert snapshot["agents"] == quick.agents
     run = results / "runs" / "cheetah-vel" / "trmrl--layers-2" / "seed0"
     assert yaml.safe_load((run / "config.yaml").read_text())["hyperparameters"]["layers"] == 2
-    print(f"quick preset at CI scale: {quick.elapsed:.0f} s")
+    print(f"quick preset at CI scale ({quick.scale}): {quick.elapsed:.0f} s")
 
 
 def test_complete_run_has_nothing_to_do_even_after_editing_agent_code(quick):
-    assert dry_run(quick.dir, "all", *quick.args) == {}
     agent_code = REPO / "trmrl" / "agents" / "trmrl.py"
     stat = agent_code.stat()
     try:
         os.utime(agent_code)  # "edit" the agent: the workflow does not depend on its code
+        # nothing to do now means nothing to do before the edit too: an edit only adds jobs
         assert dry_run(quick.dir, "all", *quick.args) == {}
     finally:
         os.utime(agent_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -701,14 +755,14 @@ def test_complete_run_has_nothing_to_do_even_after_editing_agent_code(quick):
 ])
 def test_editing_a_figure_script_rerenders_only_its_figures(quick, script, jobs):
     path = quick.dir / "workflow" / "scripts" / script
-    original = path.read_text()
+    original, stat = path.read_text(), path.stat()
     try:
         path.write_text(original + "\n# an edit\n")
         assert dry_run(quick.dir, "all", *quick.args) == {**dict.fromkeys(jobs, 1),
                                                          "report": 1, "all": 1}
-    finally:
+    finally:  # the script as it was, its time included: its outputs are newer again
         path.write_text(original)
-        snakemake(quick.dir, "--touch", "all", *quick.args)  # outputs newer than the script
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert dry_run(quick.dir, "all", *quick.args) == {}
 
 
@@ -717,9 +771,9 @@ TRAINED_RUN = re.compile(r"trmrl train --agent \S+ --env \S+ --seed \d+ --out (\
 
 def test_train_revision_retrains_in_new_run_directories(quick):
     result = snakemake(quick.dir, "-n", "all", *quick.args, "--config", "train_revision=1")
-    assert job_counts(result.stdout)["train"] == 32  # every run: 28 main + 4 ablation variants
+    assert job_counts(result.stdout)["train"] == quick.train_jobs  # every run: main + ablations
     trained = TRAINED_RUN.findall(result.stdout)
-    assert len(trained) == 32 and all(re.search(r"/seed\d-rev1$", out) for out in trained)
+    assert len(trained) == quick.train_jobs and all(re.search(r"/seed\d-rev1$", out) for out in trained)
     # a mapping bumps only some agents (an agent's ablation variants with it)
     write_config(quick.dir / "rev.yaml", {"train_revision": {"oracle": 2}})
     result = snakemake(quick.dir, "-n", "all", "--configfile", "config/quick.yaml", "ci.yaml",
@@ -756,8 +810,8 @@ def test_allow_partial_aggregates_the_finished_runs(quick):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_lint_is_clean(quick):
-    result = snakemake(quick.dir, "--lint", "--configfile", "config/quick.yaml")
+def test_lint_is_clean(tmp_path):
+    result = snakemake(copy_workflow(tmp_path), "--lint", "--configfile", "config/quick.yaml")
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, \
         result.stdout[-3000:]
 
@@ -771,6 +825,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     config.update(experiment="resume", agents=["trmrl"], envs=["cheetah-vel"], seeds=[0],
                   steps=10_000_000, ablations={})  # cannot finish before the interruption
     config["hyperparameters"]["all"]["default"].update(checkpoint_every_s=0, eval_every=100_000)
+    # short episodes: iterations of 8 trials x 2 episodes x 50 steps, evaluations to match
+    config["hyperparameters"]["all"]["cheetah-vel"] = {"horizon": 50}
     write_config(workdir / "resume.yaml", config)
     run = workdir / "results" / "resume" / "runs" / "cheetah-vel" / "trmrl" / "seed0"
     command = [sys.executable, "-m", "snakemake", "runs", "--cores", "1",
@@ -815,15 +871,19 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held
     assert (run / "checkpoint.pt").exists(), "snakemake must not delete the run directory"
 
-    config["steps"] = 64_000  # the rerun resumes and stops at a small budget (steps may change)
+    # the rerun resumes and stops at a small budget (steps may change): two iterations past
+    # the last one written, wherever Ctrl-C caught it
+    written = [int(line.split(",")[0]) for line in before[1:] if line.split(",")[0].isdigit()]
+    budget = max(written) + 2 * 800
+    config["steps"] = budget
     write_config(workdir / "resume.yaml", config)
     result = snakemake(workdir, "runs", "--cores", "1", "--configfile", "resume.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "train.done").exists() and (run / "eval" / "adaptation.csv").exists()
     log = (workdir / "results" / "resume" / "logs" / "train" / "cheetah-vel" / "trmrl" /
            "seed0.log").read_text()
-    assert re.search(r"resuming \S+ at env step [1-9]\d* of 64000", log), log
+    assert re.search(rf"resuming \S+ at env step [1-9]\d* of {budget}", log), log
     after = (run / "progress.csv").read_text().splitlines()
     kept = before[:-2]  # rows written after the last checkpoint are dropped and redone
     assert after[: len(kept)] == kept
-    assert int(after[-1].split(",")[0]) >= 64_000
+    assert int(after[-1].split(",")[0]) >= budget
