@@ -596,8 +596,7 @@ class Population:
         # the optimiser's parameters among the leaves; the columns that clipping covers
         trained = [self.spans.index(span) for span in adam.spans]
         clip_columns = self._clip_columns(phase, span_of)
-        loss = vmap(lambda params, buffers, minibatch, weight: functional_call(
-            self._losses[p], (params, buffers), (minibatch, weight)))
+        loss = self._members_loss(p)
         while True:
             indices: dict[int, torch.Tensor] = {}
             for k in np.flatnonzero(running):
@@ -713,8 +712,7 @@ class Population:
         rows = self._keep(("member rows",), torch.arange(K, device=device)[:, None])
         flat, exp_avg, exp_avg_sq = self.flat, adam.exp_avg, adam.exp_avg_sq
         (beta1, beta2), eps = adam.betas, adam.eps
-        loss = vmap(lambda params, buffers, minibatch, weight: functional_call(
-            self._losses[p], (params, buffers), (minibatch, weight)))
+        loss = self._members_loss(p)
 
         def step(index, weight, scalars):
             minibatch = {key: value[rows, index] for key, value in stacked.items()}
@@ -749,13 +747,17 @@ class Population:
             rows = torch.arange(K, device=device)[:, None]
             index, weight = index.to(device), weight.to(device)
             minibatch = {key: value[rows, index] for key, value in stacked.items()}
-            losses, _ = vmap(lambda params, buffers, minibatch, weight: functional_call(
-                self._losses[p], (params, buffers), (minibatch, weight)))(
-                self.params, self.buffers, minibatch, weight)
+            losses, _ = self._members_loss(p)(self.params, self.buffers, minibatch, weight)
             leaves = list(self.params.values())
             grads = torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
             self._reached[p] = np.array([grads[i] is not None for i in trained])
         return self._reached[p]
+
+    def _members_loss(self, p: int) -> Callable:
+        """Phase ``p``'s loss of every member at once: (params, buffers, minibatch, weight),
+        each stacked on a leading K axis, -> (losses [K], stats [K, len(STATS)])."""
+        return vmap(lambda params, buffers, minibatch, weight: functional_call(
+            self._losses[p], (params, buffers), (minibatch, weight)))
 
     def _clip_columns(self, phase: UpdatePhase,
                       span_of: dict[int, tuple[int, int]]) -> torch.Tensor | None:
